@@ -1,0 +1,132 @@
+"""The `vad` command. Each subcommand imports its heavy modules only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .model import BUNDLED_MODEL
+
+log = logging.getLogger("vad")
+
+TRAIN_METHODS = ("ae", "nre")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_eval_ped2(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_ped2
+    from .scoring import ScoringSettings
+
+    settings = None
+    overrides = {
+        k: v
+        for k, v in {"smoothing": args.smoothing, "window": args.window, "aggregation": args.aggregation}.items()
+        if v is not None
+    }
+    if overrides:
+        from .model import ModelCard, card_path_for
+
+        base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
+        settings = ScoringSettings.from_dict({**base, **overrides})
+    report = evaluate_ped2(
+        args.model, args.data, args.out, args.device, args.threads, settings, progress=not args.quiet
+    )
+    print(f"model      {report['model']} ({report['method']}, {report['provider']})")
+    print(
+        f"frames     {report['frames_scored']} scored, {report['frames_skipped']} skipped, "
+        f"{report['frames_per_second']:.1f} frames/s"
+    )
+    print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
+    print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from training.config import TrainConfig
+        from training.train import train_model
+    except ImportError as e:
+        raise SystemExit(
+            f"training needs the [train] extra (torch, onnx, scikit-learn): pip install -e '.[train]' ({e})"
+        )
+    from . import config
+
+    overrides = {"method": args.method}
+    if args.data:
+        overrides["data"] = {"root": args.data}
+    if args.out:
+        overrides["out"] = args.out
+    cfg = config.load(args.config, TrainConfig, overrides)
+    card = train_model(cfg, progress=not args.quiet)
+    summary = {
+        "out": str(Path(cfg.out).with_suffix(".onnx")),
+        "threshold": card.scoring.threshold,
+        "seconds": card.training["seconds"],
+    }
+    if "validation" in card.training:
+        summary["validation"] = card.training["validation"]
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
+    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+    p.add_argument(
+        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
+    )
+    p.add_argument("--out", help="folder for report.json and roc.png")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--smoothing", choices=["none", "mean", "ema"], help="override the card's causal smoothing")
+    p.add_argument("--window", type=int, help="override the smoothing window (frames)")
+    p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_ped2)
+
+    p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
+    p.add_argument("method", choices=TRAIN_METHODS)
+    p.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    p.add_argument("--data", help="override data.root: the UCSDped2 folder")
+    p.add_argument("--out", help="override out: output path without suffix")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    from .config import ConfigError
+    from .model import ModelError
+    from .sources import SourceError
+
+    try:
+        return args.func(args)
+    except (ConfigError, ModelError, SourceError) as e:
+        print(f"vad: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

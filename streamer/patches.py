@@ -1,0 +1,205 @@
+"""30x30 patches over a frame, with optional motion channels.
+
+The one patch module: trainers and the live pipeline both call it, so a model
+sees at run time exactly what it saw in training.
+
+Channels, by `motion`:
+  none   [I_t]                          appearance only
+  diff   [I_t, |I_t - I_{t-1}|]         appearance + absolute frame difference
+  flow   [I_t, |optical flow|]          appearance + speed (dense Farneback flow magnitude)
+  stack  [I_{t-depth+1}, ..., I_t]      a short temporal stack
+
+A frame difference mixes speed with contrast; flow magnitude is speed in pixels
+per frame, the main cue for Ped2's bicycles, skateboards and cars. Flow runs at
+`flow_scale` of the working resolution to stay cheap; its magnitude is stored as
+uint8 with 255 = `flow_max` pixels per frame (faster saturates).
+
+Patches leave here as uint8 (cheap to ship between processes); `to_model_input`
+turns them into the float32 [0, 1] batch that models take.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+MOTION_MODES = ("none", "diff", "flow", "stack")
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    size: int = 30
+    stride: int = 15
+    motion: str = "diff"
+    depth: int = 2  # frames in a 'stack'; ignored by the other modes
+    flow_scale: float = 0.75  # 'flow': resolution factor the flow is computed at
+    flow_max: float = 8.0  # 'flow': pixels per frame (at working resolution) stored as 255
+    frame_size: tuple[int, int] | None = None  # (height, width) frames are resized to; None keeps them
+
+    def __post_init__(self):
+        if self.motion not in MOTION_MODES:
+            raise ValueError(f"patch motion must be one of {MOTION_MODES}, got {self.motion!r}")
+        if self.size < 2 or self.stride < 1:
+            raise ValueError(f"patch size must be >= 2 and stride >= 1, got {self.size}, {self.stride}")
+        if self.motion == "stack" and self.depth < 2:
+            raise ValueError(f"a temporal stack needs depth >= 2, got {self.depth}")
+        if not 0 < self.flow_scale <= 1 or self.flow_max <= 0:
+            raise ValueError(f"flow_scale must be in (0, 1] and flow_max > 0, got {self.flow_scale}, {self.flow_max}")
+        if self.frame_size is not None:
+            h, w = self.frame_size
+            if h < self.size or w < self.size:
+                raise ValueError(f"frame_size {self.frame_size} is smaller than one {self.size}px patch")
+            object.__setattr__(self, "frame_size", (int(h), int(w)))
+
+    @property
+    def channels(self) -> int:
+        return {"none": 1, "diff": 2, "flow": 2, "stack": self.depth}[self.motion]
+
+    @property
+    def history(self) -> int:
+        """How many past frames a patch needs besides the current one."""
+        return {"none": 0, "diff": 1, "flow": 1, "stack": self.depth - 1}[self.motion]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["frame_size"] = list(self.frame_size) if self.frame_size else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PatchSpec":
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown patch settings: {sorted(unknown)}")
+        if d.get("frame_size") is not None:
+            d["frame_size"] = tuple(d["frame_size"])
+        return cls(**d)
+
+
+def grid_origins(length: int, size: int, stride: int) -> np.ndarray:
+    """Patch start offsets along one axis; a last patch flush with the edge covers any remainder."""
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return np.asarray(starts, dtype=np.int32)
+
+
+def patch_boxes(height: int, width: int, size: int, stride: int) -> np.ndarray:
+    """(N, 4) int32 boxes (x, y, w, h), row-major: the order patches come out in."""
+    ys = grid_origins(height, size, stride)
+    xs = grid_origins(width, size, stride)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    n = yy.size
+    return np.stack([xx.ravel(), yy.ravel(), np.full(n, size, np.int32), np.full(n, size, np.int32)], axis=1).astype(
+        np.int32
+    )
+
+
+def flow_magnitude(previous: np.ndarray, current: np.ndarray, scale: float, flow_max: float) -> np.ndarray:
+    """Dense optical-flow speed as uint8, 255 = flow_max pixels per frame at the frames' resolution."""
+    h, w = current.shape
+    if scale != 1:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        previous = cv2.resize(previous, size, interpolation=cv2.INTER_AREA)
+        current = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
+    # One pyramid level, a 7-pixel window and one iteration: fast settings that
+    # scored best on the training-data speed proxy (see README, "How hyperparameters were chosen").
+    flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 1, 7, 1, 5, 1.1, 0)
+    speed = cv2.magnitude(flow[..., 0], flow[..., 1])
+    if scale != 1:
+        speed = cv2.resize(speed, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.convertScaleAbs(speed, alpha=255.0 / (flow_max * scale))
+
+
+def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
+    """(C, H, W) uint8 planes from frames ordered oldest to newest."""
+    current = frames[-1]
+    if spec.motion == "none":
+        return current[None]
+    if spec.motion == "diff":
+        return np.stack([current, cv2.absdiff(current, frames[-2])])
+    if spec.motion == "flow":
+        return np.stack([current, flow_magnitude(frames[-2], current, spec.flow_scale, spec.flow_max)])
+    return np.stack(frames)
+
+
+def patches_from_frames(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
+    """Patches of the newest of `frames` (oldest first, spec.history + 1 of them, already prepared)."""
+    return extract_patches(channel_planes(frames, spec), spec.size, spec.stride)
+
+
+def extract_patches(planes: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """(N, C, size, size) uint8 patches of (C, H, W) planes on the `patch_boxes` grid, no per-patch loop."""
+    c, h, w = planes.shape
+    windows = sliding_window_view(planes, (size, size), axis=(1, 2))  # (C, H-s+1, W-s+1, s, s)
+    ys = grid_origins(h, size, stride)
+    xs = grid_origins(w, size, stride)
+    picked = windows[:, ys][:, :, xs]  # (C, rows, cols, s, s)
+    return np.ascontiguousarray(picked.transpose(1, 2, 0, 3, 4).reshape(-1, c, size, size))
+
+
+def to_model_input(patches: np.ndarray) -> np.ndarray:
+    """uint8 patches -> float32 in [0, 1], the input every exported model takes."""
+    return patches.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def motion_energy(patches: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """Mean of the motion channel per patch (0-255 scale); zeros without motion channels."""
+    if spec.motion in ("diff", "flow"):
+        return patches[:, 1].reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
+    if spec.motion == "stack":
+        newest, previous = patches[:, -1].astype(np.int16), patches[:, -2].astype(np.int16)
+        return np.abs(newest - previous).reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
+    return np.zeros(len(patches), dtype=np.float32)
+
+
+class PatchExtractor:
+    """Turns a stream of frames into patches, keeping the past frames motion channels need.
+
+    Causal: the first frames of a stream repeat the oldest frame they have, so a
+    difference channel starts at zero rather than waiting for history.
+    """
+
+    def __init__(self, spec: PatchSpec):
+        self.spec = spec
+        self._history: deque[np.ndarray] = deque(maxlen=spec.history + 1)
+        self._boxes: np.ndarray | None = None
+        self._boxes_shape: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        self._history.clear()
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A grayscale uint8 frame resized to the spec's frame size."""
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise ValueError(f"expected a 2-D uint8 grayscale frame, got {image.dtype} {image.shape}")
+        target = self.spec.frame_size
+        if target is not None and image.shape != target:
+            image = cv2.resize(image, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+        return image
+
+    def push(self, image: np.ndarray) -> np.ndarray:
+        """Patches (N, C, S, S) uint8 of this frame; boxes in `boxes_for(image shape)`."""
+        image = self.prepare(image)
+        if self._history and self._history[-1].shape != image.shape:
+            self.reset()  # the view changed size: old frames no longer line up
+        self._history.append(image)
+        frames = list(self._history)
+        frames = [frames[0]] * (self._history.maxlen - len(frames)) + frames
+        return patches_from_frames(frames, self.spec)
+
+    def boxes(self, image_shape: tuple[int, int]) -> np.ndarray:
+        """Boxes (x, y, w, h) of the patches `push` returns, in the original frame's pixels."""
+        image_shape = tuple(image_shape[:2])
+        if self._boxes is None or self._boxes_shape != image_shape:
+            h, w = self.spec.frame_size or image_shape
+            boxes = patch_boxes(h, w, self.spec.size, self.spec.stride).astype(np.float64)
+            boxes[:, [0, 2]] *= image_shape[1] / w
+            boxes[:, [1, 3]] *= image_shape[0] / h
+            self._boxes = np.rint(boxes).astype(np.int32)
+            self._boxes_shape = image_shape
+        return self._boxes

@@ -1,0 +1,94 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from streamer.model import ModelCard, ModelError, PatchModel, card_path_for
+
+
+def copy_model(src, dst_dir):
+    dst = dst_dir / "m.onnx"
+    shutil.copy(src, dst)
+    shutil.copy(card_path_for(src), card_path_for(dst))
+    return dst
+
+
+def test_loads_and_scores(tiny_model):
+    model = PatchModel(tiny_model, device="cpu")
+    assert model.provider == "CPUExecutionProvider"
+    spec = model.card.patch
+    patches = np.random.default_rng(0).integers(0, 256, (10, spec.channels, 30, 30), dtype=np.uint8)
+    scores = model.raw_scores(patches)
+    assert scores.shape == (10,) and np.all(np.isfinite(scores)) and np.all(scores >= 0)
+    model.batch_size = 3  # batching does not change results
+    assert np.allclose(model.raw_scores(patches), scores, atol=1e-7)
+
+
+def test_auto_device_falls_back_to_cpu(tiny_model):
+    # On machines without a working GPU, 'auto' must still load (CUDA failing is not an error).
+    assert PatchModel(tiny_model, device="auto").provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_missing_model_and_card(tiny_model, tmp_path):
+    with pytest.raises(ModelError, match="model not found"):
+        PatchModel(tmp_path / "none.onnx")
+    m = copy_model(tiny_model, tmp_path)
+    card_path_for(m).unlink()
+    with pytest.raises(ModelError, match="model card not found"):
+        PatchModel(m)
+
+
+def test_corrupt_model_is_caught_by_its_checksum(tiny_model, tmp_path):
+    m = copy_model(tiny_model, tmp_path)
+    data = bytearray(m.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    m.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its card"):
+        PatchModel(m)
+
+
+def test_garbage_onnx_with_matching_card(tiny_model, tmp_path):
+    m = copy_model(tiny_model, tmp_path)
+    m.write_bytes(b"this is not an onnx file")
+    card = json.loads(card_path_for(m).read_text())
+    from streamer.model import sha256_of
+
+    card["onnx_sha256"] = sha256_of(m)
+    card_path_for(m).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="cannot load ONNX model"):
+        PatchModel(m)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(format=99), "unsupported model card format"),
+        (lambda c: c.pop("calibration"), "lacks the field 'calibration'"),
+        (lambda c: c["patch"].update(motion="none"), "does not fit the card's patches"),
+        (lambda c: c["calibration"].update(loc=[0.0] * 3, scale=[1.0] * 3), "calibrates 3 positions"),
+        (lambda c: c["scoring"].update(window=0), "invalid model card"),
+    ],
+)
+def test_inconsistent_cards(tiny_model, tmp_path, edit, message):
+    m = copy_model(tiny_model, tmp_path)
+    card = json.loads(card_path_for(m).read_text())
+    edit(card)
+    card_path_for(m).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=message):
+        PatchModel(m)
+
+
+def test_unreadable_card(tiny_model, tmp_path):
+    m = copy_model(tiny_model, tmp_path)
+    card_path_for(m).write_text("{ not json")
+    with pytest.raises(ModelError, match="cannot read model card"):
+        PatchModel(m)
+
+
+def test_card_records_training_facts(tiny_model):
+    card = ModelCard.load(card_path_for(tiny_model))
+    assert card.parity["max_abs_diff"] <= card.parity["tolerance"]
+    assert card.training["validation_clips"] == ["Train003"]
+    assert set(card.score_percentiles) == {"p50", "p90", "p99", "p99.9"}
+    assert card.scoring.threshold > 0 and "quantile" in card.threshold_rule

@@ -1,0 +1,118 @@
+import cv2
+import numpy as np
+import pytest
+
+from streamer.patches import (
+    PatchExtractor,
+    PatchSpec,
+    extract_patches,
+    flow_magnitude,
+    grid_origins,
+    motion_energy,
+    patch_boxes,
+    to_model_input,
+)
+
+from .conftest import synthetic_frames
+
+
+def test_grid_on_ped2_frames():
+    boxes = patch_boxes(240, 360, 30, 15)
+    assert len(boxes) == 15 * 23 == 345
+    assert boxes[0].tolist() == [0, 0, 30, 30]
+    assert boxes[1].tolist() == [15, 0, 30, 30]  # row-major
+    assert boxes[-1].tolist() == [330, 210, 30, 30]
+
+
+def test_last_patch_is_flush_with_the_edge():
+    assert grid_origins(100, 30, 15).tolist() == [0, 15, 30, 45, 60, 70]
+    assert grid_origins(30, 30, 15).tolist() == [0]
+    boxes = patch_boxes(50, 100, 30, 20)
+    assert (boxes[:, 0] + boxes[:, 2]).max() == 100 and (boxes[:, 1] + boxes[:, 3]).max() == 50
+
+
+def test_patches_match_their_boxes():
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 256, (2, 70, 95), dtype=np.uint8)
+    patches = extract_patches(planes, 30, 15)
+    boxes = patch_boxes(70, 95, 30, 15)
+    assert patches.shape == (len(boxes), 2, 30, 30) and patches.dtype == np.uint8
+    for patch, (x, y, w, h) in zip(patches, boxes):
+        assert np.array_equal(patch, planes[:, y : y + h, x : x + w])
+
+
+def test_diff_channel_is_the_absolute_frame_difference():
+    a, b = synthetic_frames(2, speed=3, seed=0)
+    ex = PatchExtractor(PatchSpec(motion="diff"))
+    first = ex.push(a)
+    assert not first[:, 1].any()  # no history yet: a zero difference, not a wait
+    second = ex.push(b)
+    expected = extract_patches(np.stack([b, cv2.absdiff(a, b)]), 30, 15)
+    assert np.array_equal(second, expected)
+
+
+def test_stack_channels_are_past_frames_oldest_first():
+    frames = synthetic_frames(3, speed=3, seed=0)
+    ex = PatchExtractor(PatchSpec(motion="stack", depth=3))
+    for f in frames:
+        out = ex.push(f)
+    assert np.array_equal(out, extract_patches(np.stack(frames), 30, 15))
+
+
+def test_flow_channel_measures_speed():
+    """A textured square moved by 4 px reads about 4 px/frame where it is, ~0 on the static background."""
+    rng = np.random.default_rng(1)
+    background = np.full((90, 120), 128, np.uint8)
+    square = cv2.GaussianBlur(rng.integers(0, 256, (30, 30), dtype=np.uint8), (3, 3), 0)
+    a, b = background.copy(), background.copy()
+    a[30:60, 40:70] = square
+    b[30:60, 44:74] = square
+    speed = flow_magnitude(a, b, scale=1.0, flow_max=8.0).astype(float) * 8.0 / 255
+    assert speed[40:50, 50:60].mean() == pytest.approx(4.0, abs=1.0)
+    assert speed[:15, :15].mean() < 0.2
+
+
+def test_model_input_and_energy():
+    patches = np.full((3, 2, 30, 30), 255, np.uint8)
+    patches[1, 1] = 0
+    x = to_model_input(patches)
+    assert x.dtype == np.float32 and x.max() == 1.0
+    assert motion_energy(patches, PatchSpec(motion="diff")).tolist() == [255, 0, 255]
+    assert not motion_energy(patches[:, :1], PatchSpec(motion="none")).any()
+
+
+def test_frames_are_resized_and_boxes_mapped_back():
+    spec = PatchSpec(motion="none", frame_size=(60, 90))
+    ex = PatchExtractor(spec)
+    big = cv2.resize(synthetic_frames(1, 1, 0)[0], (180, 120))
+    assert ex.push(big).shape == (15, 1, 30, 30)
+    boxes = ex.boxes(big.shape)
+    assert boxes[-1].tolist() == [120, 60, 60, 60]  # the 30 px patch at (60, 30) is 60 px in the original
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(motion="optical"),
+        dict(size=1),
+        dict(stride=0),
+        dict(motion="stack", depth=1),
+        dict(frame_size=(20, 90)),
+        dict(flow_scale=0),
+    ],
+)
+def test_invalid_specs(kwargs):
+    with pytest.raises(ValueError):
+        PatchSpec(**kwargs)
+
+
+def test_spec_round_trip():
+    spec = PatchSpec(motion="flow", frame_size=(240, 360))
+    assert PatchSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="unknown"):
+        PatchSpec.from_dict({**spec.to_dict(), "colour": True})
+
+
+def test_extractor_rejects_non_gray_frames():
+    with pytest.raises(ValueError, match="grayscale"):
+        PatchExtractor(PatchSpec()).push(np.zeros((60, 90, 3), np.uint8))

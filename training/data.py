@@ -1,0 +1,94 @@
+"""Training patches from normal video, cut by the same extractor the live pipeline uses."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from streamer import ped2
+from streamer.patches import PatchExtractor, PatchSpec, motion_energy
+from streamer.sources import FolderSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipPatches:
+    """Every patch of every frame of a set of clips, in frame order."""
+
+    patches: np.ndarray  # (frames * P, C, S, S) uint8
+    energy: np.ndarray  # (frames * P,) motion energy, 0-255 scale
+    clip_ids: np.ndarray  # (frames * P,) index into `clips`
+    frame_ids: np.ndarray  # (frames * P,) running frame number over all clips
+    positions: int  # P, patches per frame
+    clips: list[str]
+
+    @property
+    def frames(self) -> int:
+        return len(self.patches) // self.positions
+
+    def subset(self, mask: np.ndarray) -> np.ndarray:
+        return self.patches[mask]
+
+
+def read_clips(
+    folders: list[tuple[str, os.PathLike]], spec: PatchSpec, max_frames: int | None = None, progress: bool = True
+) -> ClipPatches:
+    """All patches of the (name, folder) clips, the first `max_frames` of each; the extractor restarts per clip."""
+    patches, energy, clip_ids, frame_ids = [], [], [], []
+    frame_no = 0
+    for clip_id, (name, folder) in enumerate(tqdm(folders, desc="reading clips", unit="clip", disable=not progress)):
+        extractor = PatchExtractor(spec)
+        for n, frame in enumerate(FolderSource(folder)):
+            if max_frames is not None and n >= max_frames:
+                break
+            p = extractor.push(frame.image)
+            patches.append(p)
+            energy.append(motion_energy(p, spec))
+            clip_ids.append(np.full(len(p), clip_id, np.int16))
+            frame_ids.append(np.full(len(p), frame_no, np.int32))
+            frame_no += 1
+    if not patches:
+        raise ValueError("no frames read from the training clips")
+    return ClipPatches(
+        np.concatenate(patches),
+        np.concatenate(energy),
+        np.concatenate(clip_ids),
+        np.concatenate(frame_ids),
+        len(patches[0]),
+        [name for name, _ in folders],
+    )
+
+
+def ped2_training_folders(root, names: list[str] | None = None) -> list[tuple[str, os.PathLike]]:
+    """(name, folder) of the Ped2 training clips, all of them or those named."""
+    clips = {c.name: c.path for c in ped2.training_clips(root)}
+    if names is None:
+        return list(clips.items())
+    missing = [n for n in names if n not in clips]
+    if missing:
+        raise ValueError(f"unknown training clips {missing}; available: {sorted(clips)}")
+    return [(n, clips[n]) for n in names]
+
+
+def frame_size_of(folder: os.PathLike) -> tuple[int, int]:
+    first = next(iter(FolderSource(folder)))
+    return first.image.shape
+
+
+def sample_patches(
+    data: ClipPatches, mask: np.ndarray, motion_threshold: float, static_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of training patches: all moving ones, a random share of static ones.
+
+    Static background is most of every frame; without this the network would
+    spend its capacity on walls and pavement that never change.
+    """
+    moving = mask & (data.energy >= motion_threshold)
+    static = np.flatnonzero(mask & ~moving)
+    keep = rng.choice(static, size=int(round(static_fraction * len(static))), replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(moving), keep]))

@@ -1,0 +1,208 @@
+"""Export a trained scoring module to ONNX, check parity, calibrate on training data, write the card.
+
+Everything the card holds is fitted on normal training clips only:
+  calibration  per-position median and high quantile of raw patch scores
+  gate         (optional) the motion level below which patches are left out
+  threshold    a quantile of smoothed training frame scores (a false-alarm rate on normal video)
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamer.model import ModelCard, create_session, session_scores, sha256_of
+from streamer.patches import PatchSpec
+from streamer.scoring import Calibration, ScoringSettings, aggregate, smooth_series
+
+from .data import ClipPatches
+from .loops import as_float
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export_onnx(module: torch.nn.Module, path: str | os.PathLike, spec: PatchSpec) -> None:
+    """Write the scoring graph [N, C, S, S] float32 -> [N] with a dynamic batch axis."""
+    import onnx
+
+    module.eval()
+    example = torch.rand(2, spec.channels, spec.size, spec.size)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["patches"],
+            output_names=["scores"],
+            dynamic_axes={"patches": {0: "batch"}, "scores": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+@torch.no_grad()
+def torch_scores(module: torch.nn.Module, patches: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    module.eval()
+    return np.concatenate(
+        [module(as_float(patches[i : i + batch_size])).numpy() for i in range(0, len(patches), batch_size)]
+    )
+
+
+def check_parity(module: torch.nn.Module, session, patches: np.ndarray, tolerance: float = 1e-5) -> dict:
+    """Max abs difference between PyTorch and onnxruntime scores on real patches; ExportError past tolerance."""
+    reference = torch_scores(module, patches)
+    exported = session_scores(session, patches)
+    diff = float(np.max(np.abs(reference - exported)))
+    bound = tolerance * max(1.0, float(np.max(np.abs(reference))))
+    log.info("ONNX parity on %d patches: max abs diff %.3g (tolerance %.3g)", len(patches), diff, bound)
+    if not diff <= bound:
+        raise ExportError(f"ONNX scores differ from PyTorch by {diff:.3g} (> {bound:.3g}) on real patches")
+    return {"patches": int(len(patches)), "max_abs_diff": diff, "tolerance": bound}
+
+
+def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> dict:
+    """The highest motion threshold that hides at most `max_hidden` of the unusual training patches.
+
+    Unusual = calibrated score above 1, the top of normal. Below the threshold a
+    patch skips the network: it is confidently normal.
+    """
+    unusual = calibrated > 1.0
+    candidates = np.arange(0.0, 20.01, 0.25)
+    hidden = np.array([(unusual & (energy < t)).sum() for t in candidates]) / max(unusual.sum(), 1)
+    threshold = float(candidates[hidden <= max_hidden].max())
+    passed = float((energy >= threshold).mean())
+    log.info("gate: motion threshold %.2f passes %.1f%% of training patches", threshold, 100 * passed)
+    return {
+        "motion_threshold": threshold,
+        "max_hidden": max_hidden,
+        "training_pass_rate": passed,
+        "rule": f"highest motion level hiding <= {max_hidden:.0%} of the training patches "
+        "scoring above the calibration quantile",
+    }
+
+
+def frame_scores(
+    calibrated: np.ndarray, energy: np.ndarray, gate: dict | None, settings: ScoringSettings
+) -> np.ndarray:
+    """Aggregated frame scores of (F, P) calibrated patch scores; gated-out patches count 0 as live."""
+    if gate:
+        calibrated = np.where(energy >= gate["motion_threshold"], calibrated, 0.0)
+    return np.array([aggregate(z, settings) for z in calibrated])
+
+
+@dataclass
+class CalibrationResult:
+    calibration: Calibration
+    gate: dict | None
+    threshold: float
+    percentiles: dict
+    rule: str
+
+
+def calibrate(
+    session,
+    data: ClipPatches,
+    settings: ScoringSettings,
+    mode: str = "position",
+    quantile: float = 0.99,
+    threshold_quantile: float = 0.99,
+    gate_max_hidden: float | None = None,
+) -> CalibrationResult:
+    """Fit calibration, gate and threshold on normal clips with the exported graph itself."""
+    raw = session_scores(session, data.patches).reshape(data.frames, data.positions)
+    calibration = Calibration.fit(raw, mode, quantile)
+    calibrated = calibration.apply(raw)
+    energy = data.energy.reshape(data.frames, data.positions)
+    gate = None if gate_max_hidden is None else fit_gate(energy.ravel(), calibrated.ravel(), gate_max_hidden)
+    scores = frame_scores(calibrated, energy, gate, settings)
+    clip_of_frame = data.clip_ids.reshape(data.frames, data.positions)[:, 0]
+    smoothed = np.concatenate([smooth_series(scores[clip_of_frame == c], settings) for c in np.unique(clip_of_frame)])
+    threshold = float(np.quantile(smoothed, threshold_quantile))
+    percentiles = {f"p{q:g}": float(np.quantile(raw, q / 100)) for q in (50, 90, 99, 99.9)}
+    rule = (
+        f"{threshold_quantile:.1%} quantile of smoothed frame scores on {data.frames} normal training frames "
+        f"(expected false-alarm rate on normal video about {1 - threshold_quantile:.1%} of frames)"
+    )
+    log.info("threshold %.3f: %s", threshold, rule)
+    return CalibrationResult(calibration, gate, threshold, percentiles, rule)
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_model(
+    module: torch.nn.Module,
+    out_path: str | os.PathLike,
+    *,
+    method: str,
+    spec: PatchSpec,
+    calibration_data: ClipPatches,
+    settings: ScoringSettings,
+    training: dict,
+    calibration_mode: str = "position",
+    calibration_quantile: float = 0.99,
+    threshold_quantile: float = 0.99,
+    gate_max_hidden: float | None = None,
+    parity_patches: int = 4096,
+    score_description: str = "mean squared reconstruction error per patch",
+    seed: int = 0,
+) -> ModelCard:
+    """Write OUT.onnx and OUT.json; return the card."""
+    out_path = Path(out_path).with_suffix(".onnx")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(module, out_path, spec)
+    session, _ = create_session(out_path, device="cpu")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(
+        len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
+    )
+    parity = check_parity(module, session, calibration_data.patches[np.sort(pick)])
+    result = calibrate(
+        session, calibration_data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden
+    )
+    settings = ScoringSettings.from_dict({**settings.to_dict(), "threshold": result.threshold})
+    card = ModelCard(
+        method=method,
+        patch=spec,
+        calibration=result.calibration,
+        scoring=settings,
+        onnx_sha256=sha256_of(out_path),
+        score_description=score_description,
+        score_percentiles=result.percentiles,
+        gate=result.gate,
+        threshold_rule=result.rule,
+        training=training,
+        parity=parity,
+        commit=git_commit(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    card.save(out_path.with_suffix(".json"))
+    log.info("wrote %s and its card", out_path)
+    return card
