@@ -38,6 +38,7 @@ class PatchSpec:
     depth: int = 2  # frames in a 'stack'; ignored by the other modes
     flow_scale: float = 0.75  # 'flow': resolution factor the flow is computed at
     flow_max: float = 8.0  # 'flow': pixels per frame (at working resolution) stored as 255
+    appearance: bool = True  # False drops I_t from 'diff' and 'flow': motion channels only
     frame_size: tuple[int, int] | None = None  # (height, width) frames are resized to; None keeps them
 
     def __post_init__(self):
@@ -57,7 +58,8 @@ class PatchSpec:
 
     @property
     def channels(self) -> int:
-        return {"none": 1, "diff": 2, "flow": 2, "stack": self.depth}[self.motion]
+        motion_only = not self.appearance and self.motion in ("diff", "flow")
+        return {"none": 1, "diff": 2, "flow": 2, "stack": self.depth}[self.motion] - motion_only
 
     @property
     def history(self) -> int:
@@ -120,11 +122,13 @@ def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
     current = frames[-1]
     if spec.motion == "none":
         return current[None]
+    if spec.motion == "stack":
+        return np.stack(frames)
     if spec.motion == "diff":
-        return np.stack([current, cv2.absdiff(current, frames[-2])])
-    if spec.motion == "flow":
-        return np.stack([current, flow_magnitude(frames[-2], current, spec.flow_scale, spec.flow_max)])
-    return np.stack(frames)
+        motion = cv2.absdiff(current, frames[-2])
+    else:
+        motion = flow_magnitude(frames[-2], current, spec.flow_scale, spec.flow_max)
+    return np.stack([current, motion]) if spec.appearance else motion[None]
 
 
 def patches_from_frames(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
@@ -150,7 +154,7 @@ def to_model_input(patches: np.ndarray) -> np.ndarray:
 def motion_energy(patches: np.ndarray, spec: PatchSpec) -> np.ndarray:
     """Mean of the motion channel per patch (0-255 scale); zeros without motion channels."""
     if spec.motion in ("diff", "flow"):
-        return patches[:, 1].reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
+        return patches[:, -1].reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
     if spec.motion == "stack":
         newest, previous = patches[:, -1].astype(np.int16), patches[:, -2].astype(np.int16)
         return np.abs(newest - previous).reshape(len(patches), -1).mean(axis=1, dtype=np.float32)

@@ -116,3 +116,15 @@ def test_spec_round_trip():
 def test_extractor_rejects_non_gray_frames():
     with pytest.raises(ValueError, match="grayscale"):
         PatchExtractor(PatchSpec()).push(np.zeros((60, 90, 3), np.uint8))
+
+
+def test_motion_only_channels():
+    a, b = synthetic_frames(2, speed=3, seed=0)
+    spec = PatchSpec(motion="diff", appearance=False)
+    assert spec.channels == 1
+    ex = PatchExtractor(spec)
+    ex.push(a)
+    out = ex.push(b)
+    assert np.array_equal(out, extract_patches(cv2.absdiff(a, b)[None], 30, 15))
+    assert np.allclose(motion_energy(out, spec), out.reshape(len(out), -1).mean(axis=1))
+    assert PatchSpec(motion="flow", appearance=False).channels == 1

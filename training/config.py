@@ -27,6 +27,7 @@ class PatchConfig:
     depth: int = 2
     flow_scale: float = 0.75
     flow_max: float = 8.0
+    appearance: bool = True
 
 
 @dataclass
