@@ -23,10 +23,11 @@ class DataConfig:
 class PatchConfig:
     size: int = 30
     stride: int = 15
-    motion: Literal["none", "diff", "flow", "stack"] = "flow"
+    motion: Literal["none", "diff", "flow", "flowbins", "stack"] = "flow"
     depth: int = 2
     flow_scale: float = 0.75
     flow_max: float = 8.0
+    flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)
     appearance: bool = True
 
 

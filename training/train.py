@@ -36,6 +36,7 @@ def build_spec(cfg: TrainConfig, first_folder) -> PatchSpec:
         depth=p.depth,
         flow_scale=p.flow_scale,
         flow_max=p.flow_max,
+        flow_bins=p.flow_bins,
         appearance=p.appearance,
         frame_size=training_data.frame_size_of(first_folder),
     )
