@@ -81,6 +81,75 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    import zmq
+
+    from .config import ConfigError
+    from .pipeline import config as pipeline_config
+    from .pipeline import telemetry
+    from .pipeline.runtime import stop_on_signals
+
+    cfg = pipeline_config.load(args.config)
+    if args.name in ("capture", "patcher"):
+        if not args.camera:
+            raise ConfigError([f"the {args.name} stage serves one camera: pass --camera ID"])
+        cfg.camera(args.camera)
+    ref = pipeline_config.StageRef(args.name, args.camera if args.name in ("capture", "patcher") else None, args.index)
+    if ref not in pipeline_config.stage_refs(cfg):
+        raise ConfigError([f"{ref.label} is not a stage of this config (scorer --index must be < scorer.processes)"])
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
+    stop = stop_on_signals()
+    if cfg.metrics.enabled:
+        port = pipeline_config.metrics_port(cfg, ref)
+        try:
+            telemetry.serve(cfg.metrics.host, port)
+        except OSError as e:
+            raise ConfigError([f"metrics: cannot serve on {cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
+    from .pipeline import alerter, capture, patcher, scorer
+
+    runners = {
+        "capture": lambda: capture.run(cfg, args.camera, stop),
+        "patcher": lambda: patcher.run(cfg, args.camera, stop),
+        "scorer": lambda: scorer.run(cfg, args.index, stop),
+        "alerter": lambda: alerter.run(cfg, stop),
+    }
+    try:
+        return runners[args.name]()
+    except zmq.ZMQError as e:
+        raise ConfigError([f"{ref.label}: cannot use a socket: {e}"]) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import config as pipeline_config
+    from .pipeline.runtime import stop_on_signals
+    from .pipeline.supervisor import Supervisor, preflight
+
+    cfg = pipeline_config.load(args.config)
+    preflight(cfg)
+    return Supervisor(args.config, cfg, args.log_level).run(stop_on_signals())
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import zmq
+
+    from .pipeline import config as pipeline_config
+
+    endpoint = args.endpoint or pipeline_config.load(args.config).alerter.events_endpoint
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as socket:
+        socket.connect(endpoint)
+        socket.subscribe(b"event")
+        log.info("listening for events on %s", endpoint)
+        received = 0
+        while args.count is None or received < args.count:
+            if not socket.poll(int(args.timeout * 1000) if args.timeout else None):
+                return 1
+            _topic, body = socket.recv_multipart()
+            print(body.decode(), flush=True)
+            received += 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -108,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="override out: output path without suffix")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
+    p.add_argument("--config", required=True, help="pipeline YAML (see configs/camera.yaml)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one pipeline stage alone (stages may sit on different hosts)")
+    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter"])
+    p.add_argument("--config", required=True, help="pipeline YAML, the same file for every stage")
+    p.add_argument("--camera", help="capture and patcher: the camera id this process serves")
+    p.add_argument("--index", type=int, default=0, help="scorer: its number, 0 .. scorer.processes-1")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("alerts", help="subscribe to a pipeline's events and print them as JSON lines")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint", help="the alerter's PUB endpoint, e.g. tcp://127.0.0.1:5560")
+    where.add_argument("--config", help="take the endpoint from this pipeline YAML")
+    p.add_argument("--count", type=int, help="exit after this many events")
+    p.add_argument("--timeout", type=float, help="exit with status 1 after this many seconds without an event")
+    p.set_defaults(func=cmd_alerts)
     return parser
 
 
