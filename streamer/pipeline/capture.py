@@ -8,7 +8,8 @@ Two ways of handing frames on:
       them, so every frame is scored.
 
 Cameras and URLs reconnect with capped exponential backoff when lost or not yet
-there; the stage never exits for that. Recorded sources end with an `end` message.
+there; the stage never exits for that. Recorded sources end with an `end` message,
+after which the stage idles until it is stopped.
 """
 
 from __future__ import annotations
@@ -253,7 +254,13 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
             for item in frames:
                 if not sender.frame(item):
                     break
-        sender.end("shutdown" if stop.is_set() else "end_of_stream")
-        log.info("%s: %d frames sent, stream ended", camera.id, sender.frames)
+        if stop.is_set():
+            sender.end("shutdown")
+        else:
+            sender.end("end_of_stream")
+            log.info("%s: %d frames sent, stream ended; idle until stopped", camera.id, sender.frames)
+            # Exiting now could drop frames still queued for a busy patch stage (ZeroMQ only lingers
+            # so long); staying up until stopped keeps a recorded source lossless to the end.
+            stop.wait()
         socket.close()
     return 0

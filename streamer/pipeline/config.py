@@ -9,6 +9,8 @@ it names the binding host's interface address (e.g. tcp://10.0.0.5:5551).
 from __future__ import annotations
 
 import os
+import random
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -109,7 +111,7 @@ class AlerterConfig:
 class MessagingConfig:
     high_water_mark: int = 8  # messages queued per socket before senders block (backpressure)
     max_message_bytes: int = 16 << 20  # larger messages are counted and dropped
-    linger_seconds: float = 2.0  # how long a closing stage keeps trying to deliver what it sent
+    linger_seconds: float = 5.0  # how long a stopping stage keeps trying to deliver what it sent
 
     def __post_init__(self):
         if self.high_water_mark < 1 or self.max_message_bytes < 1024 or self.linger_seconds < 0:
@@ -202,6 +204,25 @@ def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
 
 def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:
     return cfg.metrics.base_port + stage_refs(cfg).index(ref)
+
+
+def free_port_base(count: int, host: str = "127.0.0.1", tries: int = 100) -> int:
+    """A first port of `count` consecutive free TCP ports (for metrics when the usual ones are taken)."""
+    rng = random.Random()
+    for _ in range(tries):
+        base = rng.randint(20000, 60000 - count)
+        if all(_port_free(host, port) for port in range(base, base + count)):
+            return base
+    raise OSError(f"no {count} consecutive free ports found on {host}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def scoring_settings(cfg: PipelineConfig, card: ModelCard) -> ScoringSettings:

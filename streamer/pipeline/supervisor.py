@@ -68,12 +68,12 @@ class Supervisor:
         """None while the pipeline runs; its exit status once it is over."""
         for ref, process in self.processes.items():
             code = process.poll()
-            if code is None or (code == 0 and ref.name != "alerter"):
-                continue  # running, or a capture whose recording is over
-            if code == 0:
+            if code is None:
+                continue
+            if code == 0 and ref.name == "alerter":
                 log.info("alerter finished: the pipeline is done")
                 return 0
-            log.error("%s exited with status %d: stopping the pipeline", ref.label, code)
+            log.error("%s exited unexpectedly (status %d): stopping the pipeline", ref.label, code)
             return code if code > 0 else 1
         return None
 
