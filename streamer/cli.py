@@ -39,9 +39,18 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
         settings = ScoringSettings.from_dict({**base, **overrides})
     report = evaluate_ped2(
-        args.model, args.data, args.out, args.device, args.threads, settings, progress=not args.quiet
+        args.model,
+        args.data,
+        args.out,
+        args.device,
+        args.threads,
+        settings,
+        progress=not args.quiet,
+        pipeline=args.pipeline,
+        scorers=args.scorers,
     )
     print(f"model      {report['model']} ({report['method']}, {report['provider']})")
+    print(f"scored by  {report['scored_by']}")
     print(
         f"frames     {report['frames_scored']} scored, {report['frames_skipped']} skipped, "
         f"{report['frames_per_second']:.1f} frames/s"
@@ -168,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
+    )
+    p.add_argument("--scorers", type=int, default=1, help="with --pipeline: scorer processes")
     p.set_defaults(func=cmd_eval_ped2)
 
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
@@ -204,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from .config import ConfigError
     from .model import ModelError
+    from .pipeline import PipelineError
     from .sources import SourceError
 
     try:
         return args.func(args)
-    except (ConfigError, ModelError, SourceError) as e:
+    except (ConfigError, ModelError, SourceError, PipelineError) as e:
         print(f"vad: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
