@@ -206,11 +206,10 @@ def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:
     return cfg.metrics.base_port + stage_refs(cfg).index(ref)
 
 
-def free_port_base(count: int, host: str = "127.0.0.1", tries: int = 100) -> int:
-    """A first port of `count` consecutive free TCP ports (for metrics when the usual ones are taken)."""
+def free_port_base(count: int, host: str = "127.0.0.1", preferred: int | None = None, tries: int = 100) -> int:
+    """The first of `count` consecutive free TCP ports: `preferred` if its range is free, else a random one."""
     rng = random.Random()
-    for _ in range(tries):
-        base = rng.randint(20000, 60000 - count)
+    for base in [preferred] * bool(preferred) + [rng.randint(20000, 60000 - count) for _ in range(tries)]:
         if all(_port_free(host, port) for port in range(base, base + count)):
             return base
     raise OSError(f"no {count} consecutive free ports found on {host}")
