@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -328,3 +329,35 @@ def test_run_refuses_a_missing_model_or_bad_config_before_starting(tmp_path, syn
     assert "pass --camera ID" in capsys.readouterr().err
     assert main(["stage", "scorer", "--index", "3", "--config", str(config)]) == 2
     assert "scorer[3] is not a stage of this config" in capsys.readouterr().err
+
+
+def test_stages_stop_by_themselves_when_the_supervisor_is_killed(looping_pipeline):
+    process = looping_pipeline["process"]
+    children = wait_for(lambda: len(child_pids(process.pid)) == 4 and child_pids(process.pid), 30, "four stages")
+    looping_pipeline["children"].update(children)
+    process.kill()
+    process.wait(10)
+    for pid in children:
+        wait_for(lambda: not alive(pid), 15, f"orphaned stage {pid} to stop")
+
+
+def test_alerts_command_prints_events_as_json_lines(tmp_path, capsys):
+    endpoint = f"ipc://{tmp_path}/events"
+    event = {"event_id": "e1", "camera": "cam1", "type": "start"}
+    done = threading.Event()
+
+    def publish():
+        with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+            pub.bind(endpoint)
+            while not done.wait(0.05):  # a subscriber joins late: publish until it has heard enough
+                pub.send_multipart([b"event", json.dumps(event).encode()])
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        assert main(["alerts", "--endpoint", endpoint, "--count", "2", "--timeout", "10"]) == 0
+    finally:
+        done.set()
+        publisher.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [event, event]

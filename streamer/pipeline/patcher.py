@@ -42,31 +42,32 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
             cfg.messaging,
         )
         out = make_socket(ctx, zmq.PUSH, camera.patches_endpoint, bind=True, messaging=cfg.messaging)
+
+        def patch_message(message: messages.Message) -> list:
+            if message.camera != camera.id:
+                raise messages.MessageError("unknown_camera", f"{message.camera!r} on {camera.id}'s input")
+            if message.kind == "end":
+                return messages.derive(message, "end", reason=message.header["reason"])
+            if message.kind != "frame":
+                raise messages.MessageError("unexpected_kind", f"{message.kind} message on the frame input")
+            image = message.arrays["image"]
+            if message.header["reset"]:
+                extractor.reset()
+            patches = extractor.push(image)
+            active = gate_mask(patches, card.patch, gate)
+            gated.inc(len(active) - int(active.sum()))
+            return messages.derive(
+                message, "patches", {"patches": patches[active], "active": active}, frame_shape=list(image.shape)
+            )
+
         while inbox.open():
             message = inbox.receive()
             if message is None:
                 continue
-            if message.camera != camera.id:
-                inbox.reject(messages.MessageError("unknown_camera", f"{message.camera!r} on {camera.id}'s input"))
-                continue
             started = time.perf_counter()
-            if message.kind == "end":
-                parts = messages.derive(message, "end", reason=message.header["reason"])
-            elif message.kind == "frame":
-                image = message.arrays["image"]
-                if message.header["reset"]:
-                    extractor.reset()
-                patches = extractor.push(image)
-                active = gate_mask(patches, card.patch, gate)
-                gated.inc(len(active) - int(active.sum()))
-                parts = messages.derive(
-                    message, "patches", {"patches": patches[active], "active": active}, frame_shape=list(image.shape)
-                )
-            else:
-                inbox.reject(messages.MessageError("unexpected_kind", f"{message.kind} message on the frame input"))
-                continue
+            parts = inbox.handle(patch_message, message)
             stage_time.observe(time.perf_counter() - started)
-            if not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
+            if parts is not None and not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
                 log.warning("%s: downstream gone during shutdown; frame %d not passed on", camera.id, message.seq)
         inbox.socket.close()
         out.close()

@@ -27,8 +27,11 @@ IDLE_SECONDS = 0.2  # input quiet this long after a stop request means drained
 SEND_RETRY_MS = 100  # a blocked send wakes this often to check for a stop request
 
 
+SUPERVISOR_PID_ENV = "VAD_SUPERVISOR_PID"
+
+
 def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (main thread only)."""
+    """An event set by SIGTERM or SIGINT (main thread only), or when the supervisor that started us is gone."""
     stop = threading.Event()
 
     def handler(signum, _frame):
@@ -37,7 +40,18 @@ def stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor:
+        threading.Thread(target=_watch_parent, args=(int(supervisor), stop), daemon=True).start()
     return stop
+
+
+def _watch_parent(pid: int, stop: threading.Event) -> None:
+    """A supervisor killed outright (kill -9) cannot stop its stages: they notice and stop themselves."""
+    while not stop.wait(1.0):
+        if os.getppid() != pid:
+            log.warning("supervisor (pid %d) is gone: finishing", pid)
+            stop.set()
 
 
 def make_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, messaging: MessagingConfig) -> zmq.Socket:
@@ -116,6 +130,20 @@ class Inbox:
         except MessageError as e:
             self.reject(e)
             return None
+
+    def handle(self, work, *args):
+        """`work(*args)`, or None with the message counted as rejected if it raises.
+
+        A message that trips an unexpected error is dropped like a malformed one: one
+        bad frame must not stop a camera's stage.
+        """
+        try:
+            return work(*args)
+        except MessageError as e:
+            self.reject(e)
+        except Exception as e:
+            self.reject(MessageError("error", f"{type(e).__name__}: {e}"))
+        return None
 
     def reject(self, error: MessageError) -> None:
         telemetry.MESSAGES_REJECTED.labels(self.stage, error.reason).inc()

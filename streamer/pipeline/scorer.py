@@ -73,28 +73,20 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
             if not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
                 log.warning("scorer %d: alerter gone during shutdown; a result was not delivered", index)
 
-        while inbox.open():
-            first = inbox.receive()
-            if first is None:
-                continue
-            batch = []
-            for message in [first, *inbox.receive_more(cfg.scorer.batch_frames - 1)]:
-                try:
-                    if message.camera not in cameras:
-                        raise MessageError("unknown_camera", f"camera {message.camera!r} is not configured")
-                    if message.kind == "end":
-                        forward(messages.derive(message, "end", reason=message.header["reason"]))
-                    elif message.kind == "patches":
-                        check_patches(message, card.patch)
-                        batch.append(message)
-                    else:
-                        raise MessageError("unexpected_kind", f"{message.kind} message on the patch input")
-                except MessageError as e:
-                    inbox.reject(e)
-            if not batch:
-                continue
-            telemetry.QUEUE_DEPTH.labels("scorer").set(len(batch))
-            started = time.perf_counter()
+        def admit(message: Message) -> Message | None:
+            """A patches message for the batch; an end is passed straight on."""
+            if message.camera not in cameras:
+                raise MessageError("unknown_camera", f"camera {message.camera!r} is not configured")
+            if message.kind == "end":
+                forward(messages.derive(message, "end", reason=message.header["reason"]))
+                return None
+            if message.kind != "patches":
+                raise MessageError("unexpected_kind", f"{message.kind} message on the patch input")
+            check_patches(message, card.patch)
+            return message
+
+        def score(batch: list[Message]) -> list[tuple]:
+            """(message, calibrated patch scores, frame score, patches scored) per frame, one model call."""
             raw = model.raw_scores(np.concatenate([m.arrays["patches"] for m in batch]))
             results, offset = [], 0
             for message in batch:
@@ -103,8 +95,21 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                 calibrated = calibrated_frame(raw[offset : offset + count], active, card.calibration)
                 offset += count
                 results.append((message, calibrated, aggregate(calibrated, settings), count))
+            return results
+
+        while inbox.open():
+            first = inbox.receive()
+            if first is None:
+                continue
+            waiting = [first, *inbox.receive_more(cfg.scorer.batch_frames - 1)]
+            batch = [m for m in (inbox.handle(admit, m) for m in waiting) if m is not None]
+            if not batch:
+                continue
+            telemetry.QUEUE_DEPTH.labels("scorer").set(len(batch))
+            started = time.perf_counter()
+            results = inbox.handle(score, batch) or []  # a failed batch counts once; the alerter counts its frames lost
             batch_time.observe(time.perf_counter() - started)
-            for message, calibrated, score, count in results:
+            for message, calibrated, frame_score, count in results:
                 now = time.time()
                 camera = message.camera
                 telemetry.FRAMES_SCORED.labels(camera).inc()
@@ -116,7 +121,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                         "scores",
                         {"patch_scores": calibrated},
                         frame_shape=message.header["frame_shape"],
-                        score=score,
+                        score=frame_score,
                         active=count,
                         t_scored=now,
                         model=card.onnx_sha256,

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..model import PatchModel
 from .capture import recorded_sources
 from .config import PipelineConfig, StageRef, stage_refs
+from .runtime import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class Supervisor:
     def start(self) -> None:
         Path(self.cfg.run_dir).mkdir(parents=True, exist_ok=True)
         for ref in stage_refs(self.cfg):
-            self.processes[ref] = subprocess.Popen(self.command(ref), start_new_session=True)
+            self.processes[ref] = subprocess.Popen(
+                self.command(ref), start_new_session=True, env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
+            )
             log.info("started %s (pid %d)", ref.label, self.processes[ref].pid)
 
     def poll(self) -> int | None:
