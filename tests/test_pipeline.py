@@ -174,23 +174,27 @@ def test_malformed_and_oversized_messages_are_counted_and_dropped(tiny_model):
 class FlakyCamera:
     """An opener: not there at first, then 3 frames before the signal is lost, then frames until stopped."""
 
-    def __init__(self):
+    def __init__(self, lost_by_raising: bool):
         self.opens = 0
+        self.lost_by_raising = lost_by_raising
 
     def __call__(self, target):
         assert target == 7
         self.opens += 1
         if self.opens == 1:
             raise SourceError("camera 7 is not there yet")
-        return FakeCapture(3 if self.opens == 2 else None)
+        return FakeCapture(3 if self.opens == 2 else None, self.lost_by_raising)
 
 
 class FakeCapture:
-    def __init__(self, frames: int | None):
+    def __init__(self, frames: int | None, lost_by_raising: bool):
         self.left = frames
+        self.lost_by_raising = lost_by_raising
 
     def read(self):
         if self.left == 0:
+            if self.lost_by_raising:
+                raise RuntimeError("backend error: stream reset by peer")
             return False, None
         if self.left is not None:
             self.left -= 1
@@ -201,24 +205,26 @@ class FakeCapture:
         pass
 
 
-def test_a_lost_camera_is_reconnected_with_backoff(tmp_path):
+@pytest.mark.parametrize("lost_by_raising", [False, True])
+def test_a_lost_camera_is_reconnected_with_backoff(tmp_path, lost_by_raising):
     run_dir = short_dir()
-    camera = {"id": "flaky", "source": 7, "reconnect": {"initial_seconds": 0.2, "max_seconds": 0.4}}
+    name = f"flaky{int(lost_by_raising)}"
+    camera = {"id": name, "source": 7, "reconnect": {"initial_seconds": 0.2, "max_seconds": 0.4}}
     cfg = pipeline_config.load(write_config(run_dir, tmp_path / "unused.onnx", [camera]))
-    stop, opener = threading.Event(), FlakyCamera()
+    stop, opener = threading.Event(), FlakyCamera(lost_by_raising)
     received = []
     with zmq.Context() as ctx, ctx.socket(zmq.PULL) as pull:
         pull.setsockopt(zmq.RECONNECT_IVL, 10)
         pull.setsockopt(zmq.LINGER, 0)
         pull.connect(cfg.cameras[0].frames_endpoint)
-        stage = threading.Thread(target=capture.run, args=(cfg, "flaky", stop, opener), daemon=True)
+        stage = threading.Thread(target=capture.run, args=(cfg, name, stop, opener), daemon=True)
         stage.start()
         try:
             while len(received) < 6:
                 assert pull.poll(10000), f"frames stopped after {len(received)}"
                 received.append(messages.decode(pull.recv_multipart(copy=False), 1 << 20))
-            up = REGISTRY.get_sample_value("vad_camera_up", {"camera": "flaky"})
-            reconnects = REGISTRY.get_sample_value("vad_camera_reconnects_total", {"camera": "flaky"})
+            up = REGISTRY.get_sample_value("vad_camera_up", {"camera": name})
+            reconnects = REGISTRY.get_sample_value("vad_camera_reconnects_total", {"camera": name})
         finally:
             stop.set()
         while (last := messages.decode(pull.recv_multipart(copy=False), 1 << 20)).kind != "end":

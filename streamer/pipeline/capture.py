@@ -89,13 +89,14 @@ def camera_frames(camera: CameraConfig, stop: threading.Event, opener: Callable 
         first_open = False
         try:
             capture = opener(target)
-        except SourceError as e:
+        except Exception as e:  # SourceError, or whatever a capture backend throws
             delay = backoff(attempt, camera)
             log.warning("%s: %s; retrying in %.1f s", camera.id, e, delay)
             attempt += 1
             stop.wait(delay)
             continue
         reset = True  # a (re)opened camera starts a new recording: stateful stages forget the past
+        why = "no frame"
         try:
             while not stop.is_set():
                 ok, image = capture.read()
@@ -108,12 +109,14 @@ def camera_frames(camera: CameraConfig, stop: threading.Event, opener: Callable 
                 index += 1
                 yield Frame(index, to_gray(image), time.time()), "", reset
                 reset = False
+        except Exception as e:  # a backend error mid-stream is a lost camera, not a dead stage
+            why = str(e)
         finally:
             capture.release()
         if not stop.is_set():
             up.set(0)
             delay = backoff(attempt, camera)
-            log.warning("%s: source lost; reconnecting in %.1f s", camera.id, delay)
+            log.warning("%s: source lost (%s); reconnecting in %.1f s", camera.id, why, delay)
             attempt += 1
             stop.wait(delay)
     up.set(0)
