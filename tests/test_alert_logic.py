@@ -102,6 +102,8 @@ def test_top_boxes_are_the_highest_patches_above_threshold():
         {"x": 15, "y": 0, "w": 30, "h": 30, "score": 3.0},
         {"x": 45, "y": 0, "w": 30, "h": 30, "score": 2.0},
     ]
+    assert top_boxes(scores, boxes, 5.0, 2) == [{"x": 15, "y": 0, "w": 30, "h": 30, "score": 3.0}]  # none above
+    assert top_boxes(-scores, boxes, 5.0, 2) == []  # nothing above normal either
 
 
 def test_event_log_is_durable_sqlite_in_wal_mode(tmp_path):

@@ -15,7 +15,6 @@ import threading
 import time
 from contextlib import ExitStack
 
-import numpy as np
 import zmq
 
 from ..model import ModelCard, card_path_for
@@ -133,7 +132,6 @@ class Alerter:
                 "score": header["score"],
                 "smoothed": smoothed,
                 "active": header["active"],
-                "max_patch": float(np.max(patch_scores, initial=0.0)),
                 "t_capture": header["t_capture"],
                 "t_scored": header["t_scored"],
                 "t_alert": now,

@@ -24,8 +24,14 @@ EVENT_TYPES = ("start", "update", "end")
 
 
 def top_boxes(patch_scores: np.ndarray, boxes: np.ndarray, threshold: float, limit: int) -> list[dict]:
-    """The most anomalous patches at or above `threshold`, highest first, as box dicts in frame pixels."""
+    """The most anomalous patches at or above `threshold`, highest first, as box dicts in frame pixels.
+
+    When no patch of this frame reaches the threshold (the smoothed score can, from
+    earlier frames), the single highest patch, if it scores above normal (> 0).
+    """
     picked = np.flatnonzero(patch_scores >= threshold)
+    if not len(picked) and len(patch_scores) and patch_scores.max() > 0:
+        picked = np.array([int(np.argmax(patch_scores))])
     picked = picked[np.argsort(-patch_scores[picked], kind="stable")][:limit]
     return [
         {"x": int(x), "y": int(y), "w": int(w), "h": int(h), "score": round(float(patch_scores[i]), 4)}
@@ -64,17 +70,17 @@ class EventTracker:
         self._below = 0 if above else self._below + 1
         self._since_sent += 1
         if self._below >= self.end_after:
-            return self.close(position, "below_threshold", score, boxes())
+            return self.close(position, "below_threshold", score)
         if self._since_sent >= self.update_every:
             self._since_sent = 0
             return self._event("update", position, score, boxes())
         return None
 
-    def close(self, position: dict, reason: str, score: float | None = None, boxes: list | None = None) -> dict | None:
-        """End the open event, if there is one."""
+    def close(self, position: dict, reason: str, score: float | None = None) -> dict | None:
+        """End the open event, if there is one (an end carries no boxes)."""
         if self._open is None:
             return None
-        event = self._event("end", position, score, boxes or [], reason)
+        event = self._event("end", position, score, [], reason)
         self._open = None
         return event
 
