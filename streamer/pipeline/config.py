@@ -82,11 +82,14 @@ class ScorerConfig:
     processes: int = 1  # scorer processes `vad run` starts; each pulls from every camera's patch stage
     device: Literal["auto", "cuda", "cpu"] = "auto"
     threads: int = 1  # onnxruntime intra-op threads per scorer process
-    batch_frames: int = 16  # most queued frames scored in one model call
+    batch_frames: int = 16  # most queued frames scored together
+    # Patches per model call. A fixed cap keeps the scorer's memory flat: ever-changing large
+    # batches make ONNX Runtime's buffers (and the heap) grow to the largest one seen.
+    max_batch_patches: int = 256
 
     def __post_init__(self):
-        if self.processes < 0 or self.threads < 0 or self.batch_frames < 1:
-            raise ValueError("scorer processes and threads must be >= 0, batch_frames >= 1")
+        if self.processes < 0 or self.threads < 0 or self.batch_frames < 1 or self.max_batch_patches < 1:
+            raise ValueError("scorer processes and threads must be >= 0, batch_frames and max_batch_patches >= 1")
 
 
 @dataclass

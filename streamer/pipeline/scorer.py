@@ -48,7 +48,9 @@ def check_patches(message: Message, spec: PatchSpec) -> None:
 
 
 def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
-    model = PatchModel(cfg.model, device=cfg.scorer.device, threads=cfg.scorer.threads)
+    model = PatchModel(
+        cfg.model, device=cfg.scorer.device, threads=cfg.scorer.threads, batch_size=cfg.scorer.max_batch_patches
+    )
     card = model.card
     settings = scoring_settings(cfg, card)
     cameras = {camera.id for camera in cfg.cameras}
