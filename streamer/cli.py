@@ -142,11 +142,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     import zmq
 
+    from .config import ConfigError
     from .pipeline import config as pipeline_config
 
     endpoint = args.endpoint or pipeline_config.load(args.config).alerter.events_endpoint
     with zmq.Context() as ctx, ctx.socket(zmq.SUB) as socket:
-        socket.connect(endpoint)
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as e:
+            raise ConfigError([f"cannot subscribe to {endpoint!r}: {e}"]) from None
         socket.subscribe(b"event")
         log.info("listening for events on %s", endpoint)
         received = 0

@@ -367,3 +367,5 @@ def test_alerts_command_prints_events_as_json_lines(tmp_path, capsys):
         publisher.join()
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == [event, event]
+    assert main(["alerts", "--endpoint", "udp:/nowhere", "--count", "1"]) == 2
+    assert "cannot subscribe to 'udp:/nowhere'" in capsys.readouterr().err

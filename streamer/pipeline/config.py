@@ -20,8 +20,6 @@ from ..model import BUNDLED_MODEL, ModelCard
 from ..scoring import ScoringSettings
 from .messages import CAMERA_ID
 
-SOURCE_KINDS = ("auto", "camera", "url", "file", "folder", "ped2")
-STAGES = ("capture", "patcher", "scorer", "alerter")
 IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
 
 

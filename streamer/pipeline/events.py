@@ -20,8 +20,6 @@ from typing import Callable
 
 import numpy as np
 
-EVENT_TYPES = ("start", "update", "end")
-
 
 def top_boxes(patch_scores: np.ndarray, boxes: np.ndarray, threshold: float, limit: int) -> list[dict]:
     """The most anomalous patches at or above `threshold`, highest first, as box dicts in frame pixels.

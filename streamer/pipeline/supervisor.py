@@ -106,7 +106,3 @@ class Supervisor:
         finally:
             self.stop()
         return code or 0
-
-    @property
-    def pids(self) -> dict[str, int]:
-        return {ref.label: process.pid for ref, process in self.processes.items()}
