@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamer.pipeline.config import free_port_base
 
 
-def short_dir() -> Path:
-    """A short temporary folder: ipc:// socket paths must stay under ~100 bytes."""
-    return Path(tempfile.mkdtemp(prefix="vad-", dir="/tmp"))
+@contextmanager
+def short_dir():
+    """A short temporary folder, removed afterwards: ipc:// socket paths must stay under ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="vad-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_config(run_dir: Path, model: Path, cameras: list[dict], **sections) -> Path:

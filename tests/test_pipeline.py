@@ -41,8 +41,11 @@ END_REASONS = {"below_threshold", "end_of_stream", "new_recording", "shutdown"}
 @pytest.fixture(scope="module")
 def short_run(tiny_model, synthetic_ped2):
     """One 20-frame clip through capture, patcher, two scorers and the alerter, run to its end by `vad run`."""
-    run_dir = short_dir()
-    clip = synthetic_ped2 / "Test" / "Test001"
+    with short_dir() as run_dir:
+        yield run_through(run_dir, tiny_model, synthetic_ped2 / "Test" / "Test001")
+
+
+def run_through(run_dir, tiny_model, clip):
     config = write_config(
         run_dir,
         tiny_model,
@@ -51,13 +54,8 @@ def short_run(tiny_model, synthetic_ped2):
         alerter={"exit_at_end": True, "end_after": 2, "update_every": 3},
         metrics={"enabled": False},
     )
-    with (
-        subscriber(f"ipc://{run_dir}/events") as sub,
-        running("run", "--config", str(config), log=run_dir / "log") as (
-            process,
-            _,
-        ),
-    ):
+    command = ("run", "--config", str(config))
+    with subscriber(f"ipc://{run_dir}/events") as sub, running(*command, log=run_dir / "log") as (process, _):
         code = process.wait(90)
         published = receive_events(sub, 1.0)
     return {
@@ -134,7 +132,11 @@ def frame_parts(camera: str = "cam1", seq: int = 0, shape=(60, 90)) -> list:
 
 
 def test_malformed_and_oversized_messages_are_counted_and_dropped(tiny_model):
-    run_dir = short_dir()
+    with short_dir() as run_dir:
+        reject_and_carry_on(run_dir, tiny_model)
+
+
+def reject_and_carry_on(run_dir, tiny_model):
     config = write_config(
         run_dir,
         tiny_model,
@@ -207,7 +209,11 @@ class FakeCapture:
 
 @pytest.mark.parametrize("lost_by_raising", [False, True])
 def test_a_lost_camera_is_reconnected_with_backoff(tmp_path, lost_by_raising):
-    run_dir = short_dir()
+    with short_dir() as run_dir:
+        reconnect_flaky_camera(run_dir, tmp_path, lost_by_raising)
+
+
+def reconnect_flaky_camera(run_dir, tmp_path, lost_by_raising):
     name = f"flaky{int(lost_by_raising)}"
     camera = {"id": name, "source": 7, "reconnect": {"initial_seconds": 0.2, "max_seconds": 0.4}}
     cfg = pipeline_config.load(write_config(run_dir, tmp_path / "unused.onnx", [camera]))
@@ -240,16 +246,15 @@ def test_a_lost_camera_is_reconnected_with_backoff(tmp_path, lost_by_raising):
 @pytest.fixture
 def looping_pipeline(tiny_model, synthetic_ped2):
     """`vad run` on a clip that loops at 50 fps until stopped, with metrics and a subscriber."""
-    run_dir = short_dir()
+    with short_dir() as run_dir:
+        yield from start_looping(run_dir, tiny_model, synthetic_ped2)
+
+
+def start_looping(run_dir, tiny_model, synthetic_ped2):
     camera = {"id": "loop", "source": str(synthetic_ped2 / "Test" / "Test001"), "pace": True, "fps": 50, "loop": True}
     config = write_config(run_dir, tiny_model, [camera], alerter={"end_after": 2, "update_every": 3})
-    with (
-        subscriber(f"ipc://{run_dir}/events") as sub,
-        running("run", "--config", str(config), log=run_dir / "log") as (
-            process,
-            children,
-        ),
-    ):
+    command = ("run", "--config", str(config))
+    with subscriber(f"ipc://{run_dir}/events") as sub, running(*command, log=run_dir / "log") as (process, children):
         yield {
             "run_dir": run_dir,
             "cfg": pipeline_config.load(config),
