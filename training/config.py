@@ -16,6 +16,7 @@ class DataConfig:
     validation_clips: list[str] = field(default_factory=lambda: ["Train015", "Train016"])
     motion_threshold: float = 12.0  # mean motion channel (0-255) marking a patch as "moving"
     static_fraction: float = 0.05  # share of the static patches kept for training
+    frame_step: int = 1  # train on every k-th frame (neighbouring frames at 10 fps are near-duplicates)
     max_frames: int | None = None  # per clip; for quick runs and tests
 
 

@@ -64,11 +64,14 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     log.info("reading %d training clips (%d held out for validation), patches %s", len(folders), len(validation), spec)
     clips = training_data.read_clips(folders, spec, cfg.data.max_frames, progress)
     is_val = np.isin(np.array(clips.clips)[clips.clip_ids], [name for name, _ in validation])
+    if cfg.data.frame_step < 1:
+        raise ValueError(f"data.frame_step must be >= 1, got {cfg.data.frame_step}")
+    on_step = clips.frame_ids % cfg.data.frame_step == 0  # calibration still sees every frame
 
     def pick(mask):
         return training_data.sample_patches(clips, mask, cfg.data.motion_threshold, cfg.data.static_fraction, rng)
 
-    train_idx, val_idx = pick(~is_val), pick(is_val)
+    train_idx, val_idx = pick(~is_val & on_step), pick(is_val & on_step)
     train, val = clips.patches[train_idx], clips.patches[val_idx]
     log.info("training on %d patches, validating on %d", len(train), len(val))
 
