@@ -102,3 +102,34 @@ def test_fit_gate_hides_at_most_the_allowed_share():
     gate = fit_gate(energy, calibrated, max_hidden=1 / 6)
     assert gate["motion_threshold"] == 4.0  # hides the one at energy 2, not the one at 4
     assert fit_gate(energy, calibrated, max_hidden=0)["motion_threshold"] == 2.0
+
+
+def test_nre_far_samples_come_from_far_clusters_for_a_whole_batch():
+    """X_inf for every patch of a batch is drawn from a cluster far from that patch's own."""
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (6, 1, 30, 30), dtype=np.uint8)
+    model = LinearEncoder()
+    train_latents = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    clusters = np.array([0, 0, 1, 1])
+    batch_clusters = np.array([0, 1, 0, 1, 0, 1])
+    cfg = NREConfig(lambdas=(0.0, 0.0, 1.0), neighbours=2)
+    loss = NeighbourhoodLoss(
+        cfg,
+        model,
+        model,
+        patches,
+        torch.zeros(6, 2),
+        np.zeros((6, 2), np.int64),
+        batch_clusters,
+        train_latents=train_latents,
+        train_clusters=clusters,
+        far=np.array([[1], [0]]),
+        rng=rng,
+    )
+    # Each patch's reconstruction latent is its first two pixels; make it point along its own cluster.
+    patches[:, 0, 0, :2] = 0
+    patches[batch_clusters == 0, 0, 0, 0] = 255
+    patches[batch_clusters == 1, 0, 0, 1] = 255
+    value = float(loss(np.arange(6)))
+    # Far members are nearly orthogonal to the patch's own direction: cos <= 0.1, two of them.
+    assert 0 <= value <= 2 * 0.1

@@ -69,7 +69,8 @@ class NeighbourhoodLoss:
             near = self.train_latents[torch.from_numpy(self.neighbours[idx])]  # (B, T, L)
             loss = loss + l2 * (1 - F.cosine_similarity(recon_latent[:, None], near, dim=2)).sum(1)
         if l3:
-            far_cluster = self.far[self.clusters[idx], self.rng.integers(self.far.shape[1], size=(len(idx), t))]
+            choice = self.rng.integers(self.far.shape[1], size=(len(idx), t))
+            far_cluster = self.far[self.clusters[idx][:, None], choice]  # (B, T) clusters far from each X's
             picks = sample_from_clusters(far_cluster.reshape(-1), self.train_clusters, self.rng).reshape(len(idx), t)
             away = self.train_latents[torch.from_numpy(picks)]
             loss = loss + l3 * F.cosine_similarity(recon_latent[:, None], away, dim=2).sum(1)
