@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-import zmq
 
 from .model import BUNDLED_MODEL
 from .pipeline import PipelineError
 from .pipeline import config as pipeline_config
-from .pipeline.alerter import EVENT_TOPIC
-from .pipeline.events import read_events
+from .pipeline.events import events_after, read_events
 from .pipeline.supervisor import Supervisor, preflight
 
 SAMPLE_CLIP = Path(__file__).resolve().parent / "samples" / "ped2_test002.mp4"
@@ -80,31 +78,33 @@ def run_demo(
     print(f"  playing  {speed}; Ctrl-C stops\n")
     supervisor = Supervisor(config_path, cfg, log_level=log_level)
     started = time.monotonic()
-    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as events:
-        events.setsockopt(zmq.LINGER, 0)
-        events.connect(cfg.alerter.events_endpoint)
-        events.subscribe(EVENT_TOPIC)
-        supervisor.start()
-        code = None
-        try:
-            while code is None:
-                if events.poll(200):
-                    _print_event(events.recv_multipart()[1], as_json)
-                code = supervisor.poll()
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping the pipeline")
-        finally:
-            supervisor.stop()
-        while events.poll(300):  # the last events, published just before the alerter exited
-            _print_event(events.recv_multipart()[1], as_json)
+    # Events are read back from the durable log, not the PUB socket: a subscriber that joins after the
+    # first event was published (ZeroMQ's slow joiner) would miss it, the log never does.
+    printed = 0
+    supervisor.start()
+    code = None
+    try:
+        while code is None:
+            time.sleep(0.2)
+            printed = _print_new_events(cfg.alerter.event_log, printed, as_json)
+            code = supervisor.poll()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the pipeline")
+    finally:
+        supervisor.stop()
+    _print_new_events(cfg.alerter.event_log, printed, as_json)
     if code not in (None, 0):
         raise PipelineError(f"the pipeline stopped with status {code} (see the stage errors above)")
     summarize(run_dir, cfg, time.monotonic() - started)
     return 0
 
 
-def _print_event(body: bytes, as_json: bool) -> None:
-    print(body.decode() if as_json else describe(json.loads(body)), flush=True)
+def _print_new_events(log: Path, printed: int, as_json: bool) -> int:
+    """Prints the events logged after row `printed`; returns the last row printed."""
+    for row, event in events_after(log, printed):
+        print(json.dumps(event) if as_json else describe(event), flush=True)
+        printed = row
+    return printed
 
 
 def summarize(run_dir: Path, cfg: pipeline_config.PipelineConfig, seconds: float) -> None:

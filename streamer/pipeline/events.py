@@ -129,8 +129,16 @@ class EventLog:
 
 def read_events(path: str | os.PathLike) -> list[dict]:
     """All events of a log, oldest first."""
+    return [event for _, event in events_after(path, 0)]
+
+
+def events_after(path: str | os.PathLike, row_id: int) -> list[tuple[int, dict]]:
+    """(row id, event) for each event logged after row `row_id`, oldest first; none while the log does not exist."""
+    if not Path(path).exists():
+        return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return [json.loads(body) for (body,) in db.execute("SELECT body FROM events ORDER BY id")]
+        rows = db.execute("SELECT id, body FROM events WHERE id > ? ORDER BY id", (row_id,))
+        return [(row, json.loads(body)) for row, body in rows]
     finally:
         db.close()
