@@ -170,3 +170,21 @@ def test_tiny_end_to_end(method, synthetic_ped2, tiny_config, tmp_path):
         np.random.default_rng(0).integers(0, 256, (16, 2, 30, 30), dtype=np.uint8)
     )
     assert scores.shape == (16,) and np.isfinite(scores).all()
+
+
+def test_dec_refines_the_baselines_saved_sdae(synthetic_ped2, tiny_config, tmp_path):
+    from training.train import train_model
+
+    def run(method, **sdae):
+        overrides = {"method": method, "data": {"root": str(synthetic_ped2)}, "out": str(tmp_path / method)}
+        overrides.update(METHOD_SETTINGS, sdae={**METHOD_SETTINGS["sdae"], **sdae})
+        return train_model(config.load(tiny_config, TrainConfig, overrides), progress=False)
+
+    baseline = run("sdae_kmeans")
+    checkpoint = str(tmp_path / "sdae_kmeans.sdae.pt")
+    dec = run("dec", checkpoint=checkpoint)
+    assert dec.training["sdae_checkpoint"] == checkpoint
+    assert dec.training["sdae_history"] == baseline.training["sdae_history"]
+    assert dec.training["kmeans"] == baseline.training["kmeans"]  # same network, same codes, same k-means
+    with pytest.raises(ValueError, match="holds layers"):
+        run("dec", checkpoint=checkpoint, bottleneck=5)

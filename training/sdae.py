@@ -9,6 +9,9 @@ Trained in two stages, with inputs corrupted by dropout:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -123,6 +126,25 @@ def train_sdae(
     )
     sdae.eval()
     return sdae, history
+
+
+def save_sdae(sdae: SDAE, history: dict, path: Path) -> None:
+    torch.save({"config": sdae.config, "state_dict": sdae.state_dict(), "history": history}, path)
+
+
+def load_sdae(path: str | os.PathLike, inputs: int, cfg: SDAEConfig) -> tuple[SDAE, dict]:
+    """An SDAE saved by `save_sdae`, checked against the layers this config asks for."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read SDAE checkpoint {path}: {e}") from None
+    sdae = SDAE(inputs, tuple(cfg.hidden), cfg.bottleneck)
+    if saved.get("config") != sdae.config:
+        raise ValueError(
+            f"SDAE checkpoint {path} holds layers {saved.get('config')}, the config asks for {sdae.config}"
+        )
+    sdae.load_state_dict(saved["state_dict"])
+    return sdae.eval(), saved["history"]
 
 
 @torch.no_grad()

@@ -124,6 +124,11 @@ def cluster_choice(descriptors: np.ndarray, k: int, seed: int) -> tuple[np.ndarr
     return nearest_members(descriptors, labels, centres), labels
 
 
+def random_choice(frames: int, k: int, seed: int) -> np.ndarray:
+    """k distinct frame indices drawn uniformly, in frame order: the baseline."""
+    return np.sort(np.random.default_rng(seed).choice(frames, size=k, replace=False))
+
+
 def select(
     sources: list[str | os.PathLike],
     k: int,
@@ -145,7 +150,7 @@ def select(
     if random:
         refs = list_frames(clips, every)
         _check_count(k, len(refs))
-        chosen = np.sort(np.random.default_rng(seed).choice(len(refs), size=k, replace=False))
+        chosen = random_choice(len(refs), k, seed)
         labels = None
     else:
         session, card = load_encoder(model, device, threads)

@@ -24,7 +24,7 @@ from .ics import train_ics
 from .loops import seed_everything
 from .nets import ReconstructionScore
 from .nre import train_nre
-from .sdae import SDAEEncoder, train_sdae
+from .sdae import SDAEEncoder, load_sdae, save_sdae, train_sdae
 from .select import read_manifest
 from .validation import speed_proxy
 
@@ -95,10 +95,17 @@ def fit_centroid_method(
     cfg: TrainConfig, channels: int, train: np.ndarray, val: np.ndarray, rng: np.random.Generator, progress: bool
 ) -> Trained:
     """SDAE, k-means++ on its codes, and for DEC the KL refinement; scored by distance to the nearest centroid."""
-    sdae, history = train_sdae(cfg.sdae, channels * cfg.patches.size**2, train, val, rng, progress)
+    inputs = channels * cfg.patches.size**2
+    if cfg.sdae.checkpoint:
+        sdae, history = load_sdae(cfg.sdae.checkpoint, inputs, cfg.sdae)
+        log.info("reusing the SDAE of %s", cfg.sdae.checkpoint)
+    else:
+        sdae, history = train_sdae(cfg.sdae, inputs, train, val, rng, progress)
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        save_sdae(sdae, history, Path(cfg.out).with_suffix(".sdae.pt"))
     encoder = SDAEEncoder(sdae)
     centres, kmeans_details = initial_centroids(encoder, train, cfg.dec.clusters, cfg.seed)
-    details = {"sdae_history": history, "kmeans": kmeans_details}
+    details = {"sdae_history": history, "sdae_checkpoint": cfg.sdae.checkpoint, "kmeans": kmeans_details}
     centroids, which = torch.from_numpy(centres), "k-means"
     if cfg.method == "dec":
         centroids, details["dec"] = refine(cfg.dec, encoder, centres, train, val, rng, progress)
