@@ -39,9 +39,18 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
         settings = ScoringSettings.from_dict({**base, **overrides})
     report = evaluate_ped2(
-        args.model, args.data, args.out, args.device, args.threads, settings, progress=not args.quiet
+        args.model,
+        args.data,
+        args.out,
+        args.device,
+        args.threads,
+        settings,
+        progress=not args.quiet,
+        pipeline=args.pipeline,
+        scorers=args.scorers,
     )
     print(f"model      {report['model']} ({report['method']}, {report['provider']})")
+    print(f"scored by  {report['scored_by']}")
     print(
         f"frames     {report['frames_scored']} scored, {report['frames_skipped']} skipped, "
         f"{report['frames_per_second']:.1f} frames/s"
@@ -110,6 +119,86 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    import zmq
+
+    from .config import ConfigError
+    from .pipeline import config as pipeline_config
+    from .pipeline import telemetry
+    from .pipeline.runtime import stop_on_signals
+
+    cfg = pipeline_config.load(args.config)
+    if args.name in ("capture", "patcher"):
+        if not args.camera:
+            raise ConfigError([f"the {args.name} stage serves one camera: pass --camera ID"])
+        cfg.camera(args.camera)
+    ref = pipeline_config.StageRef(args.name, args.camera if args.name in ("capture", "patcher") else None, args.index)
+    if ref not in pipeline_config.stage_refs(cfg):
+        raise ConfigError([f"{ref.label} is not a stage of this config (scorer --index must be < scorer.processes)"])
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
+    stop = stop_on_signals()
+    if cfg.metrics.enabled:
+        port = pipeline_config.metrics_port(cfg, ref)
+        try:
+            telemetry.serve(cfg.metrics.host, port)
+        except OSError as e:
+            raise ConfigError([f"metrics: cannot serve on {cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
+    from .pipeline import alerter, capture, patcher, scorer
+
+    runners = {
+        "capture": lambda: capture.run(cfg, args.camera, stop),
+        "patcher": lambda: patcher.run(cfg, args.camera, stop),
+        "scorer": lambda: scorer.run(cfg, args.index, stop),
+        "alerter": lambda: alerter.run(cfg, stop),
+    }
+    try:
+        return runners[args.name]()
+    except zmq.ZMQError as e:
+        raise ConfigError([f"{ref.label}: cannot use a socket: {e}"]) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import config as pipeline_config
+    from .pipeline.runtime import stop_on_signals
+    from .pipeline.supervisor import Supervisor, preflight
+
+    cfg = pipeline_config.load(args.config)
+    preflight(cfg)
+    return Supervisor(args.config, cfg, args.log_level).run(stop_on_signals())
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import zmq
+
+    from .config import ConfigError
+    from .pipeline import config as pipeline_config
+
+    endpoint = args.endpoint or pipeline_config.load(args.config).alerter.events_endpoint
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as socket:
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as e:
+            raise ConfigError([f"cannot subscribe to {endpoint!r}: {e}"]) from None
+        socket.subscribe(b"event")
+        log.info("listening for events on %s", endpoint)
+        received = 0
+        while args.count is None or received < args.count:
+            if not socket.poll(int(args.timeout * 1000) if args.timeout else None):
+                return 1
+            _topic, body = socket.recv_multipart()
+            print(body.decode(), flush=True)
+            received += 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
+    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -128,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
+    )
+    p.add_argument("--scorers", type=int, default=1, help="with --pipeline: scorer processes")
     p.set_defaults(func=cmd_eval_ped2)
 
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
@@ -155,6 +248,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled sample clip: events as they fire, a summary")
+    p.add_argument("--model", help="model .onnx with its .json card (default: the bundled model)")
+    p.add_argument("--clip", help="another video file or image folder to play (default: the bundled Ped2 clip)")
+    p.add_argument("--fast", action="store_true", help="play as fast as the pipeline goes, not at the clip's fps")
+    p.add_argument("--metrics-port", type=int, help="first metrics port (default 9100, or free ones if taken)")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
+    p.add_argument("--config", required=True, help="pipeline YAML (see configs/camera.yaml)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one pipeline stage alone (stages may sit on different hosts)")
+    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter"])
+    p.add_argument("--config", required=True, help="pipeline YAML, the same file for every stage")
+    p.add_argument("--camera", help="capture and patcher: the camera id this process serves")
+    p.add_argument("--index", type=int, default=0, help="scorer: its number, 0 .. scorer.processes-1")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("alerts", help="subscribe to a pipeline's events and print them as JSON lines")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint", help="the alerter's PUB endpoint, e.g. tcp://127.0.0.1:5560")
+    where.add_argument("--config", help="take the endpoint from this pipeline YAML")
+    p.add_argument("--count", type=int, help="exit after this many events")
+    p.add_argument("--timeout", type=float, help="exit with status 1 after this many seconds without an event")
+    p.set_defaults(func=cmd_alerts)
     return parser
 
 
@@ -163,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from .config import ConfigError
     from .model import ModelError
+    from .pipeline import PipelineError
     from .sources import SourceError
 
     try:
         return args.func(args)
-    except (ConfigError, ModelError, SourceError) as e:
+    except (ConfigError, ModelError, SourceError, PipelineError) as e:
         print(f"vad: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -153,11 +153,22 @@ def evaluate_ped2(
     threads: int = 0,
     settings: ScoringSettings | None = None,
     progress: bool = True,
+    pipeline: bool = False,
+    scorers: int = 1,
 ) -> dict:
-    """Score the test set, print and return the report; write report.json and roc.png to out_dir."""
+    """Score the test set, print and return the report; write report.json and roc.png to out_dir.
+
+    With `pipeline`, frames go through the multi-process streaming pipeline (`scorers` scorer processes)
+    instead of one in-process Detector; the scores are the same.
+    """
     model = PatchModel(model_path, device=device, threads=threads)
     started = time.perf_counter()
-    records, skipped = score_ped2(model, data, settings, progress)
+    if pipeline:
+        from .pipeline.evaluate import score_ped2_pipeline
+
+        records, skipped = score_ped2_pipeline(model_path, data, settings, device, threads, scorers, progress)
+    else:
+        records, skipped = score_ped2(model, data, settings, progress)
     seconds = time.perf_counter() - started
     summary = summarize(records)
     report = {
@@ -165,6 +176,7 @@ def evaluate_ped2(
         "method": model.card.method,
         "provider": model.provider,
         "protocol": "causal pooled: smoothed scores as the live daemon computes them, one ROC over all test frames",
+        "scored_by": f"multi-process pipeline, {scorers} scorer process(es)" if pipeline else "in-process detector",
         "eer": summary["eer"],
         "auc": summary["auc"],
         "eer_normalized": summary["eer_normalized"],

@@ -7,12 +7,23 @@ Channels, by `motion`:
   none   [I_t]                          appearance only
   diff   [I_t, |I_t - I_{t-1}|]         appearance + absolute frame difference
   flow   [I_t, |optical flow|]          appearance + speed (dense Farneback flow magnitude)
+  flowbins [I_t, speed bin 1, ..., K]   appearance + per-pixel speed histogram channels
   stack  [I_{t-depth+1}, ..., I_t]      a short temporal stack
 
 A frame difference mixes speed with contrast; flow magnitude is speed in pixels
 per frame, the main cue for Ped2's bicycles, skateboards and cars. Flow runs at
 `flow_scale` of the working resolution to stay cheap; its magnitude is stored as
 uint8 with 255 = `flow_max` pixels per frame (faster saturates).
+
+Why speed bins: a ReLU autoencoder is nearly scale-equivariant, so it
+reconstructs a brighter (faster) flow blob almost as well as a normal one. With
+one channel per speed band (a per-pixel form of the histogram-of-optical-flow
+features of the Ped2 literature), bands that normal video never reaches stay
+empty in training: the network learns to output zero there, and every fast
+pixel becomes reconstruction error. Channel k is 255 where the speed lies in
+[flow_bins[k], flow_bins[k+1]) pixels per frame (the last band is open-ended).
+
+`appearance: false` drops I_t, leaving motion channels only.
 
 Patches leave here as uint8 (cheap to ship between processes); `to_model_input`
 turns them into the float32 [0, 1] batch that models take.
@@ -27,7 +38,7 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-MOTION_MODES = ("none", "diff", "flow", "stack")
+MOTION_MODES = ("none", "diff", "flow", "flowbins", "stack")
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,8 @@ class PatchSpec:
     depth: int = 2  # frames in a 'stack'; ignored by the other modes
     flow_scale: float = 0.75  # 'flow': resolution factor the flow is computed at
     flow_max: float = 8.0  # 'flow': pixels per frame (at working resolution) stored as 255
-    appearance: bool = True  # False drops I_t from 'diff' and 'flow': motion channels only
+    flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)  # 'flowbins': lower edges of the speed bands, px/frame
+    appearance: bool = True  # False drops I_t from 'diff', 'flow' and 'flowbins': motion channels only
     frame_size: tuple[int, int] | None = None  # (height, width) frames are resized to; None keeps them
 
     def __post_init__(self):
@@ -50,6 +62,10 @@ class PatchSpec:
             raise ValueError(f"a temporal stack needs depth >= 2, got {self.depth}")
         if not 0 < self.flow_scale <= 1 or self.flow_max <= 0:
             raise ValueError(f"flow_scale must be in (0, 1] and flow_max > 0, got {self.flow_scale}, {self.flow_max}")
+        bins = tuple(float(b) for b in self.flow_bins)
+        if not bins or bins[0] <= 0 or any(b >= c for b, c in zip(bins, bins[1:])):
+            raise ValueError(f"flow_bins must be positive and increasing, got {self.flow_bins}")
+        object.__setattr__(self, "flow_bins", bins)
         if self.frame_size is not None:
             h, w = self.frame_size
             if h < self.size or w < self.size:
@@ -58,17 +74,19 @@ class PatchSpec:
 
     @property
     def channels(self) -> int:
-        motion_only = not self.appearance and self.motion in ("diff", "flow")
-        return {"none": 1, "diff": 2, "flow": 2, "stack": self.depth}[self.motion] - motion_only
+        motion = {"none": 0, "diff": 1, "flow": 1, "flowbins": len(self.flow_bins), "stack": self.depth}[self.motion]
+        appearance = self.motion != "stack" and (self.appearance or self.motion == "none")
+        return motion + appearance
 
     @property
     def history(self) -> int:
         """How many past frames a patch needs besides the current one."""
-        return {"none": 0, "diff": 1, "flow": 1, "stack": self.depth - 1}[self.motion]
+        return {"none": 0, "stack": self.depth - 1}.get(self.motion, 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["frame_size"] = list(self.frame_size) if self.frame_size else None
+        d["flow_bins"] = list(self.flow_bins)
         return d
 
     @classmethod
@@ -79,6 +97,8 @@ class PatchSpec:
             raise ValueError(f"unknown patch settings: {sorted(unknown)}")
         if d.get("frame_size") is not None:
             d["frame_size"] = tuple(d["frame_size"])
+        if "flow_bins" in d:
+            d["flow_bins"] = tuple(d["flow_bins"])
         return cls(**d)
 
 
@@ -101,8 +121,8 @@ def patch_boxes(height: int, width: int, size: int, stride: int) -> np.ndarray:
     )
 
 
-def flow_magnitude(previous: np.ndarray, current: np.ndarray, scale: float, flow_max: float) -> np.ndarray:
-    """Dense optical-flow speed as uint8, 255 = flow_max pixels per frame at the frames' resolution."""
+def flow_speed(previous: np.ndarray, current: np.ndarray, scale: float) -> np.ndarray:
+    """Dense optical-flow speed, float32 pixels per frame at the frames' resolution."""
     h, w = current.shape
     if scale != 1:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -113,8 +133,14 @@ def flow_magnitude(previous: np.ndarray, current: np.ndarray, scale: float, flow
     flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 1, 7, 1, 5, 1.1, 0)
     speed = cv2.magnitude(flow[..., 0], flow[..., 1])
     if scale != 1:
-        speed = cv2.resize(speed, (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.convertScaleAbs(speed, alpha=255.0 / (flow_max * scale))
+        speed = cv2.resize(speed, (w, h), interpolation=cv2.INTER_LINEAR) / scale
+    return speed
+
+
+def speed_bins(speed: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """(K, H, W) uint8: 255 where speed is in [edges[k], edges[k+1]), the last band open-ended."""
+    upper = edges[1:] + (np.inf,)
+    return np.stack([((speed >= lo) & (speed < hi)).astype(np.uint8) * 255 for lo, hi in zip(edges, upper)])
 
 
 def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
@@ -125,10 +151,14 @@ def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
     if spec.motion == "stack":
         return np.stack(frames)
     if spec.motion == "diff":
-        motion = cv2.absdiff(current, frames[-2])
+        motion = cv2.absdiff(current, frames[-2])[None]
     else:
-        motion = flow_magnitude(frames[-2], current, spec.flow_scale, spec.flow_max)
-    return np.stack([current, motion]) if spec.appearance else motion[None]
+        speed = flow_speed(frames[-2], current, spec.flow_scale)
+        if spec.motion == "flow":
+            motion = cv2.convertScaleAbs(speed, alpha=255.0 / spec.flow_max)[None]
+        else:
+            motion = speed_bins(speed, spec.flow_bins)
+    return np.concatenate([current[None], motion]) if spec.appearance else motion
 
 
 def patches_from_frames(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
@@ -152,13 +182,16 @@ def to_model_input(patches: np.ndarray) -> np.ndarray:
 
 
 def motion_energy(patches: np.ndarray, spec: PatchSpec) -> np.ndarray:
-    """Mean of the motion channel per patch (0-255 scale); zeros without motion channels."""
-    if spec.motion in ("diff", "flow"):
-        return patches[:, -1].reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
+    """How much moves in each patch, 0-255: the mean of its motion channels (any band, for speed bins)."""
+    if spec.motion == "none":
+        return np.zeros(len(patches), dtype=np.float32)
     if spec.motion == "stack":
         newest, previous = patches[:, -1].astype(np.int16), patches[:, -2].astype(np.int16)
         return np.abs(newest - previous).reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
-    return np.zeros(len(patches), dtype=np.float32)
+    motion = patches[:, 1:] if spec.appearance else patches
+    if spec.motion == "flowbins":
+        motion = motion.max(axis=1, keepdims=True)
+    return motion.reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
 
 
 class PatchExtractor:

@@ -6,10 +6,11 @@ from streamer.patches import (
     PatchExtractor,
     PatchSpec,
     extract_patches,
-    flow_magnitude,
+    flow_speed,
     grid_origins,
     motion_energy,
     patch_boxes,
+    speed_bins,
     to_model_input,
 )
 
@@ -67,9 +68,26 @@ def test_flow_channel_measures_speed():
     a, b = background.copy(), background.copy()
     a[30:60, 40:70] = square
     b[30:60, 44:74] = square
-    speed = flow_magnitude(a, b, scale=1.0, flow_max=8.0).astype(float) * 8.0 / 255
+    speed = flow_speed(a, b, scale=1.0)
     assert speed[40:50, 50:60].mean() == pytest.approx(4.0, abs=1.0)
     assert speed[:15, :15].mean() < 0.2
+    half = flow_speed(a, b, scale=0.5)  # computed at half size, reported in full-size pixels
+    assert half.shape == a.shape and half[40:50, 50:60].mean() == pytest.approx(4.0, abs=1.5)
+
+
+def test_speed_bins():
+    speed = np.array([[0.2, 0.5, 1.0], [1.5, 2.9, 7.0]], np.float32)
+    bins = speed_bins(speed, (0.5, 1.5, 3.0))
+    assert bins.shape == (3, 2, 3) and bins.dtype == np.uint8
+    assert (bins[0] // 255).tolist() == [[0, 1, 1], [0, 0, 0]]
+    assert (bins[1] // 255).tolist() == [[0, 0, 0], [1, 1, 0]]
+    assert (bins[2] // 255).tolist() == [[0, 0, 0], [0, 0, 1]]
+    spec = PatchSpec(motion="flowbins", flow_bins=(0.5, 1.5, 3.0))
+    assert spec.channels == 4 and PatchSpec(motion="flowbins", appearance=False).channels == 3
+    patches = np.zeros((2, 4, 30, 30), np.uint8)
+    patches[0, 1, :15] = 255  # half the patch in the slow band
+    patches[0, 3, 15:] = 255  # the other half in the fast band
+    assert motion_energy(patches, spec).tolist() == [255, 0]
 
 
 def test_model_input_and_energy():

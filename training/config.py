@@ -16,6 +16,7 @@ class DataConfig:
     validation_clips: list[str] = field(default_factory=lambda: ["Train015", "Train016"])
     motion_threshold: float = 12.0  # mean motion channel (0-255) marking a patch as "moving"
     static_fraction: float = 0.05  # share of the static patches kept for training
+    frame_step: int = 1  # train on every k-th frame (neighbouring frames at 10 fps are near-duplicates)
     max_frames: int | None = None  # per clip; for quick runs and tests
     # A `vad select` manifest: fit on the patches of the frames it lists only (validation clips stay whole).
     frames_file: str | None = None
@@ -25,10 +26,11 @@ class DataConfig:
 class PatchConfig:
     size: int = 30
     stride: int = 15
-    motion: Literal["none", "diff", "flow", "stack"] = "flow"
+    motion: Literal["none", "diff", "flow", "flowbins", "stack"] = "flow"
     depth: int = 2
     flow_scale: float = 0.75
     flow_max: float = 8.0
+    flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)
     appearance: bool = True
 
 

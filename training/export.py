@@ -98,7 +98,7 @@ def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> d
     patch skips the network: it is confidently normal.
     """
     unusual = calibrated > 1.0
-    candidates = np.arange(0.0, 20.01, 0.25)
+    candidates = np.arange(0.0, 64.01, 0.25)  # motion energy is on a 0-255 scale
     hidden = np.array([(unusual & (energy < t)).sum() for t in candidates]) / max(unusual.sum(), 1)
     threshold = float(candidates[hidden <= max_hidden].max())
     passed = float((energy >= threshold).mean())

@@ -41,6 +41,7 @@ def build_spec(cfg: TrainConfig, first_folder) -> PatchSpec:
         depth=p.depth,
         flow_scale=p.flow_scale,
         flow_max=p.flow_max,
+        flow_bins=p.flow_bins,
         appearance=p.appearance,
         frame_size=training_data.frame_size_of(first_folder),
     )
@@ -126,17 +127,22 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     log.info("reading %d training clips (%d held out for validation), patches %s", len(folders), len(validation), spec)
     clips = training_data.read_clips(folders, spec, cfg.data.max_frames, progress)
     is_val = np.isin(np.array(clips.clips)[clips.clip_ids], [name for name, _ in validation])
+    if cfg.data.frame_step < 1:
+        raise ValueError(f"data.frame_step must be >= 1, got {cfg.data.frame_step}")
+    on_step = clips.frame_ids % cfg.data.frame_step == 0  # calibration still sees every frame
 
     def pick(mask):
         return training_data.sample_patches(clips, mask, cfg.data.motion_threshold, cfg.data.static_fraction, rng)
 
-    fitting_mask = ~is_val
+    fitting_mask = ~is_val & on_step
     if cfg.data.frames_file:
-        fitting_mask &= training_data.frame_mask(clips, read_manifest(cfg.data.frames_file))
+        if cfg.data.frame_step != 1:
+            raise ValueError("data.frames_file and data.frame_step both choose the training frames: set only one")
+        fitting_mask = ~is_val & training_data.frame_mask(clips, read_manifest(cfg.data.frames_file))
         log.info(
             "fitting on the %d frames listed in %s", len(np.unique(clips.frame_ids[fitting_mask])), cfg.data.frames_file
         )
-    train_idx, val_idx = pick(fitting_mask), pick(is_val)
+    train_idx, val_idx = pick(fitting_mask), pick(is_val & on_step)
     train, val = clips.patches[train_idx], clips.patches[val_idx]
     log.info("training on %d patches, validating on %d", len(train), len(val))
 

@@ -1,0 +1,122 @@
+"""`vad demo`: the whole multi-process pipeline on the bundled sample clip, events printed as they fire.
+
+The clip (streamer/samples/ped2_test002.mp4, see ATTRIBUTION.txt there) plays at
+its own 10 fps as a stand-in camera: pedestrians first, then a cyclist. Every
+stage serves /metrics while it runs; a summary follows when the clip ends.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+import zmq
+
+from .model import BUNDLED_MODEL
+from .pipeline import PipelineError
+from .pipeline import config as pipeline_config
+from .pipeline.alerter import EVENT_TOPIC
+from .pipeline.events import read_events
+from .pipeline.supervisor import Supervisor, preflight
+
+SAMPLE_CLIP = Path(__file__).resolve().parent / "samples" / "ped2_test002.mp4"
+DEFAULT_METRICS_PORT = 9100
+
+
+def demo_config(run_dir: Path, model: Path, clip: Path, pace: bool, metrics_port: int) -> dict:
+    return {
+        "model": str(model),
+        "run_dir": str(run_dir),
+        # A video file says its own frame rate; an image folder plays at Ped2's 10 fps.
+        "cameras": [{"id": "demo", "source": str(clip), "pace": pace, "fps": None if clip.is_file() else 10.0}],
+        "alerter": {
+            "events_endpoint": f"ipc://{run_dir}/events",
+            "score_log": str(run_dir / "scores.jsonl"),
+            "exit_at_end": True,
+        },
+        "metrics": {"base_port": metrics_port},
+    }
+
+
+def describe(event: dict) -> str:
+    boxes = " ".join(f"({b['x']},{b['y']},{b['w']},{b['h']})" for b in event["boxes"][:3])
+    more = f" +{len(event['boxes']) - 3}" if len(event["boxes"]) > 3 else ""
+    score = "" if event["score"] is None else f"score {event['score']:7.2f}  "
+    why = f"  ({event['reason']}, peak {event['peak_score']:.2f})" if event["type"] == "end" else ""
+    where = f"  boxes {boxes}{more}" if boxes else ""
+    return (
+        f"  {event['type']:<6} event {event['event_id'][:8]}  frame {event['frame_index']:>4}  "
+        f"{score}threshold {event['threshold']:.2f}{where}{why}"
+    )
+
+
+def run_demo(
+    model: str | None = None,
+    clip: str | None = None,
+    pace: bool = True,
+    metrics_port: int | None = None,
+    as_json: bool = False,
+    log_level: str = "warning",
+) -> int:
+    model_path = Path(model) if model else BUNDLED_MODEL
+    clip_path = Path(clip) if clip else SAMPLE_CLIP
+    run_dir = Path(tempfile.mkdtemp(prefix="vad-demo-"))
+    port = metrics_port or pipeline_config.free_port_base(4, preferred=DEFAULT_METRICS_PORT)
+    config_path = run_dir / "demo.yaml"
+    config_path.write_text(yaml.safe_dump(demo_config(run_dir, model_path, clip_path, pace, port)))
+    cfg = pipeline_config.load(config_path)
+    preflight(cfg)
+    refs = pipeline_config.stage_refs(cfg)
+    first, last = (pipeline_config.metrics_port(cfg, ref) for ref in (refs[0], refs[-1]))
+    print(f"vad demo: {clip_path.name} through capture -> patches -> scorer -> alerts, each its own process")
+    print(f"  model    {model_path}")
+    print(f"  metrics  http://127.0.0.1:{first}/metrics .. :{last}/metrics ({', '.join(r.label for r in refs)})")
+    print(f"  events   vad alerts --endpoint {cfg.alerter.events_endpoint}   (JSON lines, from another terminal)")
+    speed = "at the clip's own frame rate, like a camera" if pace else "as fast as the pipeline goes"
+    print(f"  playing  {speed}; Ctrl-C stops\n")
+    supervisor = Supervisor(config_path, cfg, log_level=log_level)
+    started = time.monotonic()
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as events:
+        events.setsockopt(zmq.LINGER, 0)
+        events.connect(cfg.alerter.events_endpoint)
+        events.subscribe(EVENT_TOPIC)
+        supervisor.start()
+        code = None
+        try:
+            while code is None:
+                if events.poll(200):
+                    _print_event(events.recv_multipart()[1], as_json)
+                code = supervisor.poll()
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping the pipeline")
+        finally:
+            supervisor.stop()
+        while events.poll(300):  # the last events, published just before the alerter exited
+            _print_event(events.recv_multipart()[1], as_json)
+    if code not in (None, 0):
+        raise PipelineError(f"the pipeline stopped with status {code} (see the stage errors above)")
+    summarize(run_dir, cfg, time.monotonic() - started)
+    return 0
+
+
+def _print_event(body: bytes, as_json: bool) -> None:
+    print(body.decode() if as_json else describe(json.loads(body)), flush=True)
+
+
+def summarize(run_dir: Path, cfg: pipeline_config.PipelineConfig, seconds: float) -> None:
+    scores = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
+    events = read_events(cfg.alerter.event_log)
+    counts = {kind: sum(e["type"] == kind for e in events) for kind in ("start", "update", "end")}
+    print(f"\nsummary: {len(scores)} frames scored in {seconds:.1f} s")
+    if scores:
+        latency = np.array([s["t_alert"] - s["t_capture"] for s in scores]) * 1000
+        peak = max(scores, key=lambda s: s["smoothed"])
+        print(f"  highest smoothed score {peak['smoothed']:.2f} at frame {peak['index']}")
+        p50, p99 = np.percentile(latency, [50, 99])
+        print(f"  capture -> alert latency p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    print(f"  events: {counts['start']} started, {counts['update']} updates, {counts['end']} ended")
+    print(f"  event log (SQLite) {cfg.alerter.event_log}; per-frame scores {run_dir / 'scores.jsonl'}")

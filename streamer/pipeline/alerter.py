@@ -1,0 +1,202 @@
+"""Alert stage: frame scores from all scorers -> per-camera order -> smoothing -> events.
+
+Per camera: results are put back in capture order (`Reorder`), smoothed with the
+core's `CausalSmoother`, and compared with the model's threshold by an
+`EventTracker`. Each event is committed to the durable log, then published on
+the PUB socket as [b"event", JSON]. Optionally every frame's scores go to a JSON
+lines file (evaluation, benchmarks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import ExitStack
+
+import zmq
+
+from ..model import ModelCard, card_path_for
+from ..patches import PatchExtractor
+from ..scoring import CausalSmoother
+from . import telemetry
+from .config import PipelineConfig, scoring_settings
+from .events import EventLog, EventTracker, top_boxes
+from .messages import Message, MessageError
+from .reorder import Reorder
+from .runtime import Inbox, make_socket
+
+log = logging.getLogger(__name__)
+
+EVENT_TOPIC = b"event"
+PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
+
+
+class CameraState:
+    def __init__(self, camera: str, cfg: PipelineConfig, settings, tracker: EventTracker):
+        self.reorder = Reorder(camera, cfg.alerter.max_pending, cfg.alerter.reorder_timeout)
+        self.smoother = CausalSmoother(settings)
+        self.tracker = tracker
+        self.ended = False
+        self.last_position: dict | None = None
+
+
+class Alerter:
+    def __init__(self, cfg: PipelineConfig, publish, event_log: EventLog, score_log=None):
+        card = ModelCard.load(card_path_for(cfg.model))
+        card.check_geometry()
+        self.cfg = cfg
+        self.sha256 = card.onnx_sha256
+        self.settings = scoring_settings(cfg, card)
+        self.threshold = self.settings.threshold
+        self.extractor = PatchExtractor(card.patch)  # only for patch boxes in frame pixels
+        self.publish = publish
+        self.event_log = event_log
+        self.score_log = score_log
+        model = {"method": card.method, "sha256": card.onnx_sha256}
+        self.cameras = {
+            c.id: CameraState(
+                c.id,
+                cfg,
+                self.settings,
+                EventTracker(c.id, self.threshold, cfg.alerter.end_after, cfg.alerter.update_every, model),
+            )
+            for c in cfg.cameras
+        }
+
+    @property
+    def all_ended(self) -> bool:
+        return all(state.ended for state in self.cameras.values())
+
+    def accept(self, message: Message) -> None:
+        """Check a message and process whatever it makes ready, in order; MessageError if unusable."""
+        state = self.cameras.get(message.camera)
+        if state is None:
+            raise MessageError("unknown_camera", f"camera {message.camera!r} is not configured")
+        if message.kind == "scores":
+            if message.header["model"] != self.sha256:
+                raise MessageError("model_mismatch", f"scored by model {message.header['model'][:12]}…")
+            boxes = self.extractor.boxes(tuple(message.header["frame_shape"]))
+            if len(boxes) != len(message.arrays["patch_scores"]):
+                raise MessageError(
+                    "malformed", f"{len(message.arrays['patch_scores'])} patch scores, {len(boxes)} patch positions"
+                )
+        elif message.kind != "end":
+            raise MessageError("unexpected_kind", f"{message.kind} message on the score input")
+        for ready in state.reorder.push(message):
+            self._process(state, ready)
+
+    def expire(self) -> None:
+        for state in self.cameras.values():
+            for ready in state.reorder.expire():
+                self._process(state, ready)
+        telemetry.QUEUE_DEPTH.labels("alerter").set(sum(len(s.reorder) for s in self.cameras.values()))
+
+    def _process(self, state: CameraState, message: Message) -> None:
+        header = message.header
+        position = {
+            "seq": header["seq"],
+            "frame_index": header.get("index"),
+            "clip": header.get("clip", ""),
+            "capture_time": header["t_capture"],
+        }
+        if message.kind == "end":
+            reason = "end_of_stream" if header["reason"] == "end_of_stream" else "shutdown"
+            self._emit(state.tracker.close(state.last_position or position, reason))
+            state.smoother.reset()
+            state.ended = True
+            return
+        if header["reset"]:
+            self._emit(state.tracker.close(state.last_position or position, "new_recording"))
+            state.smoother.reset()
+            state.ended = False
+        state.last_position = position
+        patch_scores = message.arrays["patch_scores"]
+        smoothed = state.smoother.update(header["score"])
+        telemetry.FRAME_SCORE.labels(message.camera).set(smoothed)
+
+        def boxes() -> list[dict]:
+            frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
+            return top_boxes(patch_scores, frame_boxes, self.threshold, self.cfg.alerter.max_boxes)
+
+        self._emit(state.tracker.frame(position, smoothed, boxes))
+        now = time.time()
+        telemetry.CAPTURE_TO_ALERT.labels(message.camera).observe(now - header["t_capture"])
+        if self.score_log:
+            record = {
+                "camera": message.camera,
+                "clip": header["clip"],
+                "index": header["index"],
+                "seq": header["seq"],
+                "score": header["score"],
+                "smoothed": smoothed,
+                "active": header["active"],
+                "t_capture": header["t_capture"],
+                "t_scored": header["t_scored"],
+                "t_alert": now,
+            }
+            self.score_log.write(json.dumps(record) + "\n")
+
+    def _emit(self, event: dict | None) -> None:
+        if event is None:
+            return
+        body = self.event_log.append(event)  # durable before anyone hears of it
+        self.publish([EVENT_TOPIC, body.encode()])
+        telemetry.EVENTS.labels(event["camera"], event["type"]).inc()
+        log.info(
+            "event %s %s %s seq %d score %s",
+            event["type"],
+            event["camera"],
+            event["event_id"][:8],
+            event["seq"],
+            event["score"],
+        )
+
+    def shutdown(self) -> None:
+        """Close every open event (the log then holds an end for each start)."""
+        for state in self.cameras.values():
+            if state.tracker.is_open:
+                self._emit(state.tracker.close(state.last_position, "shutdown"))
+
+
+def run(cfg: PipelineConfig, stop: threading.Event) -> int:
+    with ExitStack() as stack, zmq.Context() as ctx:
+        event_log = EventLog(cfg.alerter.event_log)
+        stack.callback(event_log.close)
+        score_log = None
+        if cfg.alerter.score_log:
+            score_log = stack.enter_context(open(cfg.alerter.score_log, "a", buffering=1))
+        inbox = Inbox(
+            make_socket(ctx, zmq.PULL, cfg.alerter.scores_endpoint, bind=True, messaging=cfg.messaging),
+            "alerter",
+            stop,
+            cfg.messaging,
+        )
+        publisher = make_socket(ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging)
+        publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
+        alerter = Alerter(cfg, lambda parts: publisher.send_multipart(parts), event_log, score_log)
+        log.info(
+            "alerter: threshold %.4g, events on %s, log %s",
+            alerter.threshold,
+            cfg.alerter.events_endpoint,
+            cfg.alerter.event_log,
+        )
+        stage_time = telemetry.STAGE_SECONDS.labels("alerter")
+        while inbox.open():
+            message = inbox.receive()
+            if message is not None:
+                started = time.perf_counter()
+                try:
+                    alerter.accept(message)
+                except MessageError as e:
+                    inbox.reject(e)
+                stage_time.observe(time.perf_counter() - started)
+            alerter.expire()
+            if cfg.alerter.exit_at_end and alerter.all_ended:
+                log.info("alerter: every camera's stream has ended")
+                break
+        alerter.shutdown()
+        inbox.socket.close()
+        publisher.close()
+    return 0

@@ -1,0 +1,237 @@
+"""The pipeline's YAML config (`vad run --config`, `vad stage --config`), on streamer.config.
+
+Every stage process reads the same file. Endpoints default to ipc:// sockets in
+`run_dir` (this host only); set tcp:// endpoints to spread stages over hosts. An
+endpoint string is used as given both to bind and to connect, so on several hosts
+it names the binding host's interface address (e.g. tcp://10.0.0.5:5551).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .. import config as typed_config
+from ..model import BUNDLED_MODEL, ModelCard
+from ..scoring import ScoringSettings
+from .messages import CAMERA_ID
+
+IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
+
+
+@dataclass
+class ReconnectConfig:
+    initial_seconds: float = 0.5  # first wait after a live source is lost; doubles per failed try
+    max_seconds: float = 10.0
+
+    def __post_init__(self):
+        if not 0 < self.initial_seconds <= self.max_seconds:
+            raise ValueError("reconnect needs 0 < initial_seconds <= max_seconds")
+
+
+@dataclass
+class CameraConfig:
+    id: str
+    source: int | str  # camera index, rtsp:// or http:// URL, video file, image folder, or Ped2 clip name / "test"
+    kind: Literal["auto", "camera", "url", "file", "folder", "ped2"] = "auto"
+    data: str | None = None  # ped2: the UCSDped2 folder (default $VAD_PED2, then ../shared/datasets/UCSDped2)
+    live: bool | None = None  # drop the oldest frames when downstream is slow; default: cameras and URLs
+    pace: bool = False  # files, folders, Ped2: play at `fps` (or the file's own rate), standing in for a camera
+    fps: float | None = None
+    loop: bool = False  # files, folders, Ped2: start over at the end (each pass is a new recording)
+    buffer_frames: int = 4  # live sources: frames held while downstream is busy
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    frames_endpoint: str | None = None  # capture binds, patcher connects; default ipc://RUN_DIR/ID.frames
+    patches_endpoint: str | None = None  # patcher binds, scorers connect; default ipc://RUN_DIR/ID.patches
+
+    def __post_init__(self):
+        if not CAMERA_ID.match(self.id):
+            raise ValueError(f"camera id {self.id!r} must be 1-64 letters, digits, '_', '-' or '.'")
+        if self.buffer_frames < 1 or (self.fps is not None and self.fps <= 0):
+            raise ValueError(f"camera {self.id}: buffer_frames must be >= 1 and fps > 0")
+
+    @property
+    def source_kind(self) -> str:
+        """The kind, inferred from the source when 'auto'."""
+        if self.kind != "auto":
+            return self.kind
+        if isinstance(self.source, int) or self.source.isdigit():
+            return "camera"
+        if "://" in self.source:
+            return "url"
+        return "folder" if Path(self.source).is_dir() else "file"
+
+    @property
+    def is_live(self) -> bool:
+        return self.live if self.live is not None else self.source_kind in ("camera", "url")
+
+
+@dataclass
+class PatcherConfig:
+    threads: int = 1  # OpenCV threads per patch process (optical flow, resizing)
+
+
+@dataclass
+class ScorerConfig:
+    processes: int = 1  # scorer processes `vad run` starts; each pulls from every camera's patch stage
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    threads: int = 1  # onnxruntime intra-op threads per scorer process
+    batch_frames: int = 16  # most queued frames scored together
+    # Patches per model call. A fixed cap keeps the scorer's memory flat: ever-changing large
+    # batches make ONNX Runtime's buffers (and the heap) grow to the largest one seen.
+    max_batch_patches: int = 256
+
+    def __post_init__(self):
+        if self.processes < 0 or self.threads < 0 or self.batch_frames < 1 or self.max_batch_patches < 1:
+            raise ValueError("scorer processes and threads must be >= 0, batch_frames and max_batch_patches >= 1")
+
+
+@dataclass
+class AlerterConfig:
+    scores_endpoint: str | None = None  # alerter binds, scorers connect; default ipc://RUN_DIR/scores
+    events_endpoint: str = "tcp://127.0.0.1:5560"  # PUB socket that `vad alerts` subscribes to
+    event_log: str | None = None  # SQLite, written before publishing; default RUN_DIR/events.sqlite
+    score_log: str | None = None  # optional JSON lines, one per scored frame (evaluation, benchmarks)
+    end_after: int = 5  # frames below the threshold that end an event
+    update_every: int = 10  # frames between 'update' events while one is open
+    max_boxes: int = 10  # most anomalous patch boxes per event
+    reorder_timeout: float = 2.0  # seconds to wait for a missing frame before skipping it (counted as lost)
+    max_pending: int = 256  # frames held per camera while waiting for a missing one
+    exit_at_end: bool = False  # exit once every camera's stream has ended (demo, evaluation)
+
+    def __post_init__(self):
+        if min(self.end_after, self.update_every, self.max_boxes, self.max_pending) < 1 or self.reorder_timeout <= 0:
+            raise ValueError("end_after, update_every, max_boxes and max_pending must be >= 1, reorder_timeout > 0")
+
+
+@dataclass
+class MessagingConfig:
+    high_water_mark: int = 8  # messages queued per socket before senders block (backpressure)
+    max_message_bytes: int = 16 << 20  # larger messages are counted and dropped
+    linger_seconds: float = 5.0  # how long a stopping stage keeps trying to deliver what it sent
+
+    def __post_init__(self):
+        if self.high_water_mark < 1 or self.max_message_bytes < 1024 or self.linger_seconds < 0:
+            raise ValueError("high_water_mark >= 1, max_message_bytes >= 1024 and linger_seconds >= 0 needed")
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    base_port: int = 9100  # stage k of `vad stages` listing serves /metrics on base_port + k
+
+    def __post_init__(self):
+        if not 1 <= self.base_port <= 65000:
+            raise ValueError(f"metrics base_port must be in 1..65000, got {self.base_port}")
+
+
+@dataclass
+class PipelineConfig:
+    cameras: list[CameraConfig]
+    model: str | None = None  # .onnx with its .json card; default the bundled model
+    run_dir: str = "runs/vad"  # ipc sockets and logs
+    gate: bool = True  # use the card's cascade gate (motion); false sends every patch to the network
+    scoring: dict = field(default_factory=dict)  # overrides of the card's scoring settings, e.g. {threshold: 3.0}
+    patcher: PatcherConfig = field(default_factory=PatcherConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    alerter: AlerterConfig = field(default_factory=AlerterConfig)
+    messaging: MessagingConfig = field(default_factory=MessagingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self):
+        if not self.cameras:
+            raise ValueError("cameras: at least one camera is needed")
+        ids = [c.id for c in self.cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"cameras: ids must be unique, got {ids}")
+        self.run_dir = str(Path(self.run_dir).resolve())
+        self.model = str(self.model or BUNDLED_MODEL)
+        for camera in self.cameras:
+            camera.frames_endpoint = camera.frames_endpoint or self._ipc(f"{camera.id}.frames")
+            camera.patches_endpoint = camera.patches_endpoint or self._ipc(f"{camera.id}.patches")
+        self.alerter.scores_endpoint = self.alerter.scores_endpoint or self._ipc("scores")
+        self.alerter.event_log = self.alerter.event_log or os.path.join(self.run_dir, "events.sqlite")
+        for endpoint in self.endpoints():
+            check_endpoint(endpoint)
+
+    def _ipc(self, name: str) -> str:
+        return f"ipc://{os.path.join(self.run_dir, name)}"
+
+    def endpoints(self) -> list[str]:
+        links = [e for c in self.cameras for e in (c.frames_endpoint, c.patches_endpoint)]
+        return links + [self.alerter.scores_endpoint, self.alerter.events_endpoint]
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        for camera in self.cameras:
+            if camera.id == camera_id:
+                return camera
+        raise typed_config.ConfigError([f"no camera {camera_id!r} in cameras (have {[c.id for c in self.cameras]})"])
+
+
+def check_endpoint(endpoint: str) -> None:
+    if endpoint.startswith("ipc://"):
+        if len(endpoint) - len("ipc://") > IPC_PATH_LIMIT:
+            raise ValueError(f"ipc path too long for a Unix socket (shorten run_dir or use tcp://): {endpoint}")
+    elif not endpoint.startswith("tcp://"):
+        raise ValueError(f"endpoints must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """One stage process: its name, the camera it serves (capture, patcher) or its number (scorer)."""
+
+    name: str
+    camera: str | None = None
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.camera:
+            return f"{self.name}[{self.camera}]"
+        return f"{self.name}[{self.index}]" if self.name == "scorer" else self.name
+
+
+def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
+    """Every stage process of a config, in start order; metrics ports follow this order."""
+    refs = [StageRef(name, camera.id) for camera in cfg.cameras for name in ("capture", "patcher")]
+    refs += [StageRef("scorer", index=k) for k in range(cfg.scorer.processes)]
+    return refs + [StageRef("alerter")]
+
+
+def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:
+    return cfg.metrics.base_port + stage_refs(cfg).index(ref)
+
+
+def free_port_base(count: int, host: str = "127.0.0.1", preferred: int | None = None, tries: int = 100) -> int:
+    """The first of `count` consecutive free TCP ports: `preferred` if its range is free, else a random one."""
+    rng = random.Random()
+    for base in [preferred] * bool(preferred) + [rng.randint(20000, 60000 - count) for _ in range(tries)]:
+        if all(_port_free(host, port) for port in range(base, base + count)):
+            return base
+    raise OSError(f"no {count} consecutive free ports found on {host}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def scoring_settings(cfg: PipelineConfig, card: ModelCard) -> ScoringSettings:
+    """The card's operating point with the config's `scoring` overrides."""
+    try:
+        return ScoringSettings.from_dict({**card.scoring.to_dict(), **cfg.scoring})
+    except (TypeError, ValueError) as e:
+        raise typed_config.ConfigError([f"scoring: {e}"]) from None
+
+
+def load(path: str | os.PathLike, overrides: dict | None = None) -> PipelineConfig:
+    return typed_config.load(path, PipelineConfig, overrides)

@@ -1,0 +1,136 @@
+"""Alert events: one camera's state machine, and the durable log every event goes to first.
+
+An event opens (`start`) when a frame's smoothed score reaches the threshold,
+sends an `update` every `update_every` frames while open, and ends (`end`) after
+`end_after` frames in a row below the threshold, so a bicycle crossing for 80
+frames is one event. An event also ends when its recording does: the source
+ends, a new recording starts (new clip, reconnected camera), or the pipeline
+shuts down; `reason` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def top_boxes(patch_scores: np.ndarray, boxes: np.ndarray, threshold: float, limit: int) -> list[dict]:
+    """The most anomalous patches at or above `threshold`, highest first, as box dicts in frame pixels.
+
+    When no patch of this frame reaches the threshold (the smoothed score can, from
+    earlier frames), the single highest patch, if it scores above normal (> 0).
+    """
+    picked = np.flatnonzero(patch_scores >= threshold)
+    if not len(picked) and len(patch_scores) and patch_scores.max() > 0:
+        picked = np.array([int(np.argmax(patch_scores))])
+    picked = picked[np.argsort(-patch_scores[picked], kind="stable")][:limit]
+    return [
+        {"x": int(x), "y": int(y), "w": int(w), "h": int(h), "score": round(float(patch_scores[i]), 4)}
+        for i, (x, y, w, h) in zip(picked, boxes[picked])
+    ]
+
+
+class EventTracker:
+    """Turns one camera's smoothed frame scores into start/update/end events."""
+
+    def __init__(self, camera: str, threshold: float, end_after: int, update_every: int, model: dict):
+        self.camera = camera
+        self.threshold = threshold
+        self.end_after = end_after
+        self.update_every = update_every
+        self.model = model
+        self._open: dict | None = None  # the open event's fixed fields
+        self._below = 0  # frames in a row below the threshold
+        self._since_sent = 0  # frames since the last start/update
+        self._peak = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open is not None
+
+    def frame(self, position: dict, score: float, boxes: Callable[[], list[dict]]) -> dict | None:
+        """The event (if any) this frame causes; `position` has seq, frame_index, clip, capture_time."""
+        above = score >= self.threshold
+        if self._open is None:
+            if not above:
+                return None
+            self._open = {"event_id": uuid.uuid4().hex, "camera": self.camera, "start_seq": position["seq"]}
+            self._below, self._since_sent, self._peak = 0, 0, score
+            return self._event("start", position, score, boxes())
+        self._peak = max(self._peak, score)
+        self._below = 0 if above else self._below + 1
+        self._since_sent += 1
+        if self._below >= self.end_after:
+            return self.close(position, "below_threshold", score)
+        if self._since_sent >= self.update_every:
+            self._since_sent = 0
+            return self._event("update", position, score, boxes())
+        return None
+
+    def close(self, position: dict, reason: str, score: float | None = None) -> dict | None:
+        """End the open event, if there is one (an end carries no boxes)."""
+        if self._open is None:
+            return None
+        event = self._event("end", position, score, [], reason)
+        self._open = None
+        return event
+
+    def _event(self, kind: str, position: dict, score: float | None, boxes: list, reason: str | None = None) -> dict:
+        return {
+            **self._open,
+            "type": kind,
+            "reason": reason,
+            "seq": position["seq"],
+            "frame_index": position.get("frame_index"),
+            "clip": position.get("clip", ""),
+            "frames": position["seq"] - self._open["start_seq"] + 1,
+            "capture_time": position["capture_time"],
+            "time": time.time(),
+            "score": None if score is None else round(float(score), 6),
+            "peak_score": round(float(self._peak), 6),
+            "threshold": self.threshold,
+            "boxes": boxes,
+            "model": self.model,
+        }
+
+
+class EventLog:
+    """Durable local log of events: SQLite in WAL mode, each event committed (fsync) before it is published."""
+
+    def __init__(self, path: str | os.PathLike):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, "
+            "camera TEXT NOT NULL, type TEXT NOT NULL, time REAL NOT NULL, body TEXT NOT NULL)"
+        )
+
+    def append(self, event: dict) -> str:
+        """Commit the event; returns its JSON text, ready to publish."""
+        body = json.dumps(event, separators=(",", ":"))
+        self.db.execute(
+            "INSERT INTO events (event_id, camera, type, time, body) VALUES (?, ?, ?, ?, ?)",
+            (event["event_id"], event["camera"], event["type"], event["time"], body),
+        )
+        return body
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def read_events(path: str | os.PathLike) -> list[dict]:
+    """All events of a log, oldest first."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [json.loads(body) for (body,) in db.execute("SELECT body FROM events ORDER BY id")]
+    finally:
+        db.close()

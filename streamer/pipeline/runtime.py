@@ -1,0 +1,153 @@
+"""What every stage process shares: sockets, receiving with checks, sending with backpressure, stopping.
+
+Stopping: SIGTERM or SIGINT sets a `threading.Event`. A stage then stops taking
+new work from upstream once its input has been quiet for `IDLE_SECONDS` (or
+after `linger_seconds` at most), so frames already sent to it are finished:
+with `vad run` stopping stages upstream first, nothing in flight is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import zmq
+
+from . import telemetry
+from .config import MessagingConfig
+from .messages import Message, MessageError, decode, send
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 0.2  # input quiet this long after a stop request means drained
+SEND_RETRY_MS = 100  # a blocked send wakes this often to check for a stop request
+
+
+SUPERVISOR_PID_ENV = "VAD_SUPERVISOR_PID"
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (main thread only), or when the supervisor that started us is gone."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        log.info("%s received: finishing", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor:
+        threading.Thread(target=_watch_parent, args=(int(supervisor), stop), daemon=True).start()
+    return stop
+
+
+def _watch_parent(pid: int, stop: threading.Event) -> None:
+    """A supervisor killed outright (kill -9) cannot stop its stages: they notice and stop themselves."""
+    while not stop.wait(1.0):
+        if os.getppid() != pid:
+            log.warning("supervisor (pid %d) is gone: finishing", pid)
+            stop.set()
+
+
+def make_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, messaging: MessagingConfig) -> zmq.Socket:
+    """A socket with small high-water marks (backpressure), bounded linger and interruptible sends."""
+    socket = ctx.socket(kind)
+    socket.setsockopt(zmq.SNDHWM, messaging.high_water_mark)
+    socket.setsockopt(zmq.RCVHWM, messaging.high_water_mark)
+    socket.setsockopt(zmq.LINGER, int(messaging.linger_seconds * 1000))
+    socket.setsockopt(zmq.SNDTIMEO, SEND_RETRY_MS)
+    if bind:
+        if endpoint.startswith("ipc://"):
+            os.makedirs(os.path.dirname(endpoint[len("ipc://") :]) or ".", exist_ok=True)
+        socket.bind(endpoint)
+    else:
+        socket.connect(endpoint)
+    return socket
+
+
+def send_blocking(socket: zmq.Socket, parts: list, stop: threading.Event, linger_seconds: float) -> bool:
+    """Send, waiting while downstream is full; after a stop request give up after `linger_seconds`."""
+    deadline = None
+    while True:
+        try:
+            send(socket, parts)
+            return True
+        except zmq.Again:
+            if stop.is_set():
+                deadline = deadline or time.monotonic() + linger_seconds
+                if time.monotonic() > deadline:
+                    return False
+
+
+class Inbox:
+    """Receives and checks messages on one socket; rejected ones are counted, logged and dropped."""
+
+    def __init__(self, socket: zmq.Socket, stage: str, stop: threading.Event, messaging: MessagingConfig):
+        self.socket = socket
+        self.stage = stage
+        self.stop = stop
+        self.max_bytes = messaging.max_message_bytes
+        self.linger_seconds = messaging.linger_seconds
+        self._deadline: float | None = None
+        self._drained = False
+        self._rejections: Counter[str] = Counter()
+
+    def open(self) -> bool:
+        """False once a stop was requested and the input went quiet (or the linger time ran out)."""
+        if not self.stop.is_set():
+            return True
+        self._deadline = self._deadline or time.monotonic() + self.linger_seconds
+        return not self._drained and time.monotonic() < self._deadline
+
+    def receive(self, timeout: float = IDLE_SECONDS) -> Message | None:
+        """The next good message, or None when none arrived within `timeout` seconds."""
+        if not self.socket.poll(int(timeout * 1000)):
+            self._drained = self.stop.is_set()
+            return None
+        return self._checked(self.socket.recv_multipart(copy=False))
+
+    def receive_more(self, limit: int) -> list[Message]:
+        """Up to `limit` more messages that are already waiting, without blocking."""
+        found = []
+        while len(found) < limit:
+            try:
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            message = self._checked(parts)
+            if message is not None:
+                found.append(message)
+        return found
+
+    def _checked(self, parts: list) -> Message | None:
+        try:
+            return decode(parts, self.max_bytes)
+        except MessageError as e:
+            self.reject(e)
+            return None
+
+    def handle(self, work, *args):
+        """`work(*args)`, or None with the message counted as rejected if it raises.
+
+        A message that trips an unexpected error is dropped like a malformed one: one
+        bad frame must not stop a camera's stage.
+        """
+        try:
+            return work(*args)
+        except MessageError as e:
+            self.reject(e)
+        except Exception as e:
+            self.reject(MessageError("error", f"{type(e).__name__}: {e}"))
+        return None
+
+    def reject(self, error: MessageError) -> None:
+        telemetry.MESSAGES_REJECTED.labels(self.stage, error.reason).inc()
+        self._rejections[error.reason] += 1
+        count = self._rejections[error.reason]
+        if count in (1, 10, 100) or count % 1000 == 0:  # a flood of bad messages must not flood the log
+            log.warning("%s: dropped a message (%d %s so far): %s", self.stage, count, error.reason, error)

@@ -1,0 +1,134 @@
+"""Scorer stage: patches -> calibrated patch scores and a frame score, for every camera.
+
+Any number of scorer processes, on any hosts, pull from every camera's patch
+stage; frames queued at once are scored in one model call. The work is the
+core's: `PatchModel.raw_scores`, `calibrated_frame`, `aggregate`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from ..model import PatchModel
+from ..patches import PatchSpec, patch_boxes
+from ..scoring import aggregate, calibrated_frame
+from . import messages, telemetry
+from .config import PipelineConfig, scoring_settings
+from .messages import Message, MessageError
+from .runtime import Inbox, make_socket, send_blocking
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=16)
+def grid_positions(spec: PatchSpec, frame_shape: tuple[int, int]) -> int:
+    """Patch positions of a frame of this shape (after resizing to the spec's working size)."""
+    height, width = spec.frame_size or frame_shape
+    return len(patch_boxes(height, width, spec.size, spec.stride))
+
+
+def check_patches(message: Message, spec: PatchSpec) -> None:
+    patches, active = message.arrays["patches"], message.arrays["active"]
+    expected = (spec.channels, spec.size, spec.size)
+    if patches.shape[1:] != expected:
+        raise MessageError("malformed", f"patches of shape {patches.shape[1:]}, the model takes {expected}")
+    positions = grid_positions(spec, tuple(message.header["frame_shape"]))
+    if len(active) != positions or int(active.sum()) != len(patches):
+        raise MessageError(
+            "malformed",
+            f"{len(patches)} patches and {int(active.sum())}/{len(active)} active positions "
+            f"do not fit a {message.header['frame_shape']} frame's {positions} positions",
+        )
+
+
+def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
+    model = PatchModel(
+        cfg.model, device=cfg.scorer.device, threads=cfg.scorer.threads, batch_size=cfg.scorer.max_batch_patches
+    )
+    card = model.card
+    settings = scoring_settings(cfg, card)
+    cameras = {camera.id for camera in cfg.cameras}
+    telemetry.MODEL_INFO.info(
+        {
+            "method": card.method,
+            "provider": model.provider,
+            "sha256": card.onnx_sha256,
+            "threshold": f"{settings.threshold:.6g}",
+        }
+    )
+    log.info("scorer %d: %s on %s, %d threads", index, model.path.name, model.provider, cfg.scorer.threads)
+    batch_time = telemetry.STAGE_SECONDS.labels("scorer")
+    with zmq.Context() as ctx:
+        socket = make_socket(ctx, zmq.PULL, cfg.cameras[0].patches_endpoint, bind=False, messaging=cfg.messaging)
+        for camera in cfg.cameras[1:]:
+            socket.connect(camera.patches_endpoint)
+        inbox = Inbox(socket, "scorer", stop, cfg.messaging)
+        out = make_socket(ctx, zmq.PUSH, cfg.alerter.scores_endpoint, bind=False, messaging=cfg.messaging)
+
+        def forward(parts: list) -> None:
+            if not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
+                log.warning("scorer %d: alerter gone during shutdown; a result was not delivered", index)
+
+        def admit(message: Message) -> Message | None:
+            """A patches message for the batch; an end is passed straight on."""
+            if message.camera not in cameras:
+                raise MessageError("unknown_camera", f"camera {message.camera!r} is not configured")
+            if message.kind == "end":
+                forward(messages.derive(message, "end", reason=message.header["reason"]))
+                return None
+            if message.kind != "patches":
+                raise MessageError("unexpected_kind", f"{message.kind} message on the patch input")
+            check_patches(message, card.patch)
+            return message
+
+        def score(batch: list[Message]) -> list[tuple]:
+            """(message, calibrated patch scores, frame score, patches scored) per frame, one model call."""
+            raw = model.raw_scores(np.concatenate([m.arrays["patches"] for m in batch]))
+            results, offset = [], 0
+            for message in batch:
+                active = message.arrays["active"]
+                count = int(active.sum())
+                calibrated = calibrated_frame(raw[offset : offset + count], active, card.calibration)
+                offset += count
+                results.append((message, calibrated, aggregate(calibrated, settings), count))
+            return results
+
+        while inbox.open():
+            first = inbox.receive()
+            if first is None:
+                continue
+            waiting = [first, *inbox.receive_more(cfg.scorer.batch_frames - 1)]
+            batch = [m for m in (inbox.handle(admit, m) for m in waiting) if m is not None]
+            if not batch:
+                continue
+            telemetry.QUEUE_DEPTH.labels("scorer").set(len(batch))
+            started = time.perf_counter()
+            results = inbox.handle(score, batch) or []  # a failed batch counts once; the alerter counts its frames lost
+            batch_time.observe(time.perf_counter() - started)
+            for message, calibrated, frame_score, count in results:
+                now = time.time()
+                camera = message.camera
+                telemetry.FRAMES_SCORED.labels(camera).inc()
+                telemetry.PATCHES_SCORED.labels(camera).inc(count)
+                telemetry.CAPTURE_TO_SCORE.labels(camera).observe(now - message.header["t_capture"])
+                forward(
+                    messages.derive(
+                        message,
+                        "scores",
+                        {"patch_scores": calibrated},
+                        frame_shape=message.header["frame_shape"],
+                        score=frame_score,
+                        active=count,
+                        t_scored=now,
+                        model=card.onnx_sha256,
+                    )
+                )
+        socket.close()
+        out.close()
+    return 0

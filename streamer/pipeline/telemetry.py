@@ -1,0 +1,61 @@
+"""Prometheus metrics of the pipeline: every name in one place.
+
+Each stage process serves its own /metrics (port from the config). Labels stay
+low-cardinality: camera ids come from the config (messages naming other cameras
+are rejected before they reach a metric), stages and reasons are fixed words.
+The default registry also carries the process collector, so every endpoint
+reports `process_resident_memory_bytes` and CPU time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+FRAMES_CAPTURED = Counter("vad_frames_captured", "Frames read from the source and sent on", ["camera"])
+FRAMES_DROPPED = Counter(
+    "vad_frames_dropped",
+    "Frames lost: backpressure (live source, downstream slow), lost (never reached the alerter)",
+    ["camera", "reason"],
+)
+FRAMES_SCORED = Counter("vad_frames_scored", "Frames scored by the model", ["camera"])
+PATCHES_SCORED = Counter("vad_patches_scored", "Patches that went through the network", ["camera"])
+PATCHES_GATED = Counter("vad_patches_gated", "Patches the cascade gate rejected as confidently normal", ["camera"])
+STAGE_SECONDS = Histogram(
+    "vad_stage_seconds", "Processing time per message (per batch at the scorer)", ["stage"], buckets=_STAGE_BUCKETS
+)
+CAPTURE_TO_SCORE = Histogram(
+    "vad_capture_to_score_seconds", "Capture time to frame score", ["camera"], buckets=_LATENCY_BUCKETS
+)
+CAPTURE_TO_ALERT = Histogram(
+    "vad_capture_to_alert_seconds",
+    "Capture time to the alert stage's decision (event logged and published, if any)",
+    ["camera"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "vad_queue_depth",
+    "Items waiting inside a stage: live frame buffer (capture), frames per model call (scorer), "
+    "frames held for reordering (alerter)",
+    ["stage"],
+)
+EVENTS = Counter("vad_events", "Alert events published", ["camera", "type"])
+CAMERA_UP = Gauge("vad_camera_up", "1 while the source delivers frames, 0 while it is lost", ["camera"])
+CAMERA_RECONNECTS = Counter("vad_camera_reconnects", "Attempts to reopen a lost or unopenable source", ["camera"])
+FRAME_SCORE = Gauge("vad_frame_score", "Last smoothed frame score", ["camera"])
+MESSAGES_REJECTED = Counter(
+    "vad_messages_rejected", "Messages dropped as unusable (malformed, oversized, ...)", ["stage", "reason"]
+)
+MODEL_INFO = Info("vad_model", "The model this scorer runs")
+
+
+def serve(host: str, port: int) -> None:
+    """Serve /metrics from a background thread of this process."""
+    start_http_server(port, addr=host)
+    log.info("metrics on http://%s:%d/metrics", host, port)

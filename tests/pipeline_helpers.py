@@ -1,0 +1,158 @@
+"""Helpers for tests that run pipeline processes: configs, polling, scraping, clean-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamer.pipeline.config import free_port_base
+
+
+@contextmanager
+def short_dir():
+    """A short temporary folder, removed afterwards: ipc:// socket paths must stay under ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="vad-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(run_dir: Path, model: Path, cameras: list[dict], **sections) -> Path:
+    """A pipeline YAML in run_dir: ipc events endpoint, a score log, free metrics ports unless disabled."""
+    metrics = sections.pop("metrics", {"base_port": free_port_base(8)})
+    alerter = {
+        "events_endpoint": f"ipc://{run_dir}/events",
+        "score_log": str(run_dir / "scores.jsonl"),
+        **sections.pop("alerter", {}),
+    }
+    config = {
+        "model": str(model),
+        "run_dir": str(run_dir),
+        "cameras": cameras,
+        "alerter": alerter,
+        "metrics": metrics,
+        **sections,
+    }
+    path = run_dir / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def scrape(port: int) -> dict:
+    """Metric families of a /metrics endpoint, parsed with prometheus-client's parser, by name."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def try_scrape(port: int):
+    try:
+        return scrape(port)
+    except OSError:
+        return None
+
+
+def sample(families: dict, name: str, **labels) -> float | None:
+    for family in families.values():
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def vad_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamer.cli", "--log-level", "info", *args]
+
+
+@contextmanager
+def running(*args: str, log: Path):
+    """A `vad ...` process, killed with all its children on the way out whatever happens."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(vad_command(*args), stdout=out, stderr=subprocess.STDOUT)
+    children: set[int] = set()
+    try:
+        yield process, children
+    except BaseException:
+        print(log.read_text()[-6000:])  # the stages' logs, for the failure report
+        raise
+    finally:
+        children.update(child_pids(process.pid))
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def subscriber(endpoint: str):
+    """A SUB socket for events, connected before the pipeline starts publishing."""
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as socket:
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        socket.subscribe(b"event")
+        yield socket
+
+
+def receive_events(socket: zmq.Socket, timeout: float) -> list[dict]:
+    """Events that arrive within `timeout` seconds of quiet."""
+    events = []
+    while socket.poll(int(timeout * 1000)):
+        topic, body = socket.recv_multipart()
+        assert topic == b"event"
+        events.append(json.loads(body))
+    return events

@@ -1,0 +1,117 @@
+"""The alert stage's pieces in isolation: reordering, the event state machine, the durable log."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from streamer.pipeline.events import EventLog, EventTracker, read_events, top_boxes
+from streamer.pipeline.messages import Message, MessageError
+from streamer.pipeline.reorder import Reorder
+
+
+def msg(seq, stream="s1", camera="cam-r"):
+    return Message({"kind": "scores", "camera": camera, "stream": stream, "seq": seq}, {})
+
+
+def seqs(messages):
+    return [m.seq for m in messages]
+
+
+def lost(camera):
+    return REGISTRY.get_sample_value("vad_frames_dropped_total", {"camera": camera, "reason": "lost"}) or 0
+
+
+def test_reorder_releases_in_sequence():
+    r = Reorder("cam-a", max_pending=8, timeout=1.0)
+    assert seqs(r.push(msg(1, camera="cam-a"), 0.0)) == []
+    assert seqs(r.push(msg(2, camera="cam-a"), 0.0)) == []
+    assert seqs(r.push(msg(0, camera="cam-a"), 0.0)) == [0, 1, 2]
+    assert seqs(r.push(msg(3, camera="cam-a"), 0.0)) == [3] and len(r) == 0
+
+
+def test_reorder_skips_a_missing_frame_after_the_timeout_and_counts_it():
+    r = Reorder("cam-b", max_pending=8, timeout=1.0)
+    before = lost("cam-b")
+    r.push(msg(0, camera="cam-b"), 0.0)
+    assert seqs(r.push(msg(2, camera="cam-b"), 0.1)) == []
+    assert seqs(r.expire(0.5)) == []
+    assert seqs(r.expire(1.2)) == [2]
+    assert lost("cam-b") - before == 1
+    with pytest.raises(MessageError) as error:
+        r.push(msg(1, camera="cam-b"), 1.3)  # the skipped one turns up after all
+    assert error.value.reason == "late"
+
+
+def test_reorder_skips_when_too_much_waits():
+    r = Reorder("cam-c", max_pending=3, timeout=100.0)
+    r.push(msg(0, camera="cam-c"))
+    for seq in (2, 3, 4):
+        assert seqs(r.push(msg(seq, camera="cam-c"))) == []
+    assert seqs(r.push(msg(5, camera="cam-c"))) == [2, 3, 4, 5]
+
+
+def test_reorder_follows_a_restarted_capture():
+    r = Reorder("cam-d", max_pending=8, timeout=1.0)
+    assert seqs(r.push(msg(0, "old", "cam-d"))) == [0]
+    r.push(msg(2, "old", "cam-d"))
+    assert seqs(r.push(msg(0, "new", "cam-d"))) == [2, 0]  # the old run's leftovers first
+    with pytest.raises(MessageError):
+        r.push(msg(3, "old", "cam-d"))
+
+
+def test_reorder_joins_a_stream_midway():
+    r = Reorder("cam-e", max_pending=8, timeout=1.0)
+    assert seqs(r.push(msg(5000, camera="cam-e"))) == [5000]
+
+
+def position(seq):
+    return {"seq": seq, "frame_index": seq + 1, "clip": "", "capture_time": 100.0 + seq}
+
+
+def run_tracker(scores, end_after=2, update_every=3):
+    tracker = EventTracker("cam", threshold=1.0, end_after=end_after, update_every=update_every, model={"m": 1})
+    events = [tracker.frame(position(i), s, lambda: []) for i, s in enumerate(scores)]
+    return tracker, [e for e in events if e]
+
+
+def test_a_long_crossing_is_one_event():
+    tracker, events = run_tracker([0.1] * 3 + [2.0] * 80 + [0.1] * 5, end_after=2, update_every=30)
+    assert [e["type"] for e in events] == ["start", "update", "update", "end"]
+    assert len({e["event_id"] for e in events}) == 1
+    assert events[0]["seq"] == 3 and events[-1]["seq"] == 84 and events[-1]["reason"] == "below_threshold"
+    assert events[-1]["peak_score"] == 2.0 and not tracker.is_open
+
+
+def test_a_short_dip_does_not_end_an_event():
+    _, events = run_tracker([2.0, 0.5, 2.0, 0.5, 0.5, 0.5], end_after=2, update_every=100)
+    assert [(e["type"], e["seq"]) for e in events] == [("start", 0), ("end", 4)]
+
+
+def test_close_ends_an_open_event_only():
+    tracker, events = run_tracker([2.0, 2.0])
+    assert tracker.close(position(1), "shutdown")["reason"] == "shutdown"
+    assert tracker.close(position(2), "shutdown") is None
+
+
+def test_top_boxes_are_the_highest_patches_above_threshold():
+    scores = np.array([0.5, 3.0, 1.0, 2.0], np.float32)
+    boxes = np.array([[0, 0, 30, 30], [15, 0, 30, 30], [30, 0, 30, 30], [45, 0, 30, 30]], np.int32)
+    assert top_boxes(scores, boxes, 1.0, 2) == [
+        {"x": 15, "y": 0, "w": 30, "h": 30, "score": 3.0},
+        {"x": 45, "y": 0, "w": 30, "h": 30, "score": 2.0},
+    ]
+    assert top_boxes(scores, boxes, 5.0, 2) == [{"x": 15, "y": 0, "w": 30, "h": 30, "score": 3.0}]  # none above
+    assert top_boxes(-scores, boxes, 5.0, 2) == []  # nothing above normal either
+
+
+def test_event_log_is_durable_sqlite_in_wal_mode(tmp_path):
+    path = tmp_path / "log" / "events.sqlite"
+    log = EventLog(path)
+    _, events = run_tracker([2.0] * 4 + [0.0] * 2)
+    for event in events:
+        log.append(event)
+    assert read_events(path) == events  # readable by another connection before close: committed
+    log.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
