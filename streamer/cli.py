@@ -12,7 +12,7 @@ from .model import BUNDLED_MODEL
 
 log = logging.getLogger("vad")
 
-TRAIN_METHODS = ("ae", "nre")
+TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics")
 
 
 def setup_logging(level: str) -> None:
@@ -87,6 +87,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "validation" in card.training:
         summary["validation"] = card.training["validation"]
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    try:
+        from training.select import SelectionError, select
+    except ImportError as e:
+        raise SystemExit(
+            f"vad select needs the [train] extra (scikit-learn for k-means): pip install -e '.[train]' ({e})"
+        )
+    try:
+        manifest = select(
+            args.source,
+            args.k,
+            args.out,
+            model=args.model,
+            random=args.random,
+            seed=args.seed,
+            every=args.every,
+            device=args.device,
+            threads=args.threads,
+            progress=not args.quiet,
+        )
+    except SelectionError as e:
+        print(f"vad: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"chose {len(manifest['chosen'])} of {manifest['frames_considered']} frames: {Path(args.out) / 'manifest.json'}"
+    )
     return 0
 
 
@@ -201,6 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="override out: output path without suffix")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("select", help="choose k representative frames of recordings (k-means on encoder latents)")
+    p.add_argument("--model", help="model .onnx exported by `vad train`; its card names the encoder graph used")
+    p.add_argument(
+        "--source",
+        nargs="+",
+        required=True,
+        help="video files, frame folders, or folders of frame folders (one clip each)",
+    )
+    p.add_argument("--k", type=int, required=True, help="how many frames to choose")
+    p.add_argument("--out", required=True, help="folder for the chosen frames and manifest.json")
+    p.add_argument("--random", action="store_true", help="choose k frames at random instead (the baseline)")
+    p.add_argument("--seed", type=int, default=0, help="k-means initialisation or random draw")
+    p.add_argument("--every", type=int, default=1, help="consider every N-th frame only (long recordings)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled sample clip: events as they fire, a summary")
     p.add_argument("--model", help="model .onnx with its .json card (default: the bundled model)")

@@ -60,6 +60,8 @@ class ModelCard:
     parity: dict = field(default_factory=dict)
     commit: str = ""
     created: str = ""
+    # {"file": "X.encoder.onnx", "sha256": ..., "latent": L}: patches -> latents, for `vad select`.
+    encoder: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -79,6 +81,7 @@ class ModelCard:
             "parity": self.parity,
             "commit": self.commit,
             "created": self.created,
+            "encoder": self.encoder,
         }
 
     @classmethod
@@ -100,6 +103,7 @@ class ModelCard:
                 parity=d.get("parity", {}),
                 commit=d.get("commit", ""),
                 created=d.get("created", ""),
+                encoder=d.get("encoder"),
             )
         except KeyError as e:
             raise ModelError(f"model card lacks the field {e.args[0]!r}") from None

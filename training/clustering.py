@@ -29,6 +29,17 @@ def nearest_to_centroids(latents: np.ndarray, centres: np.ndarray) -> np.ndarray
     return d2.argmin(axis=0)
 
 
+def nearest_members(latents: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each centre, the index of the closest point among its own cluster's members (so no point is picked twice)."""
+    picks = np.empty(len(centres), dtype=np.int64)
+    for j in range(len(centres)):
+        members = np.flatnonzero(labels == j)
+        if len(members) == 0:
+            raise ValueError(f"cluster {j} has no members")
+        picks[j] = members[nearest_to_centroids(latents[members], centres[j : j + 1])[0]]
+    return picks
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)

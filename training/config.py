@@ -18,6 +18,8 @@ class DataConfig:
     static_fraction: float = 0.05  # share of the static patches kept for training
     frame_step: int = 1  # train on every k-th frame (neighbouring frames at 10 fps are near-duplicates)
     max_frames: int | None = None  # per clip; for quick runs and tests
+    # A `vad select` manifest: fit on the patches of the frames it lists only (validation clips stay whole).
+    frames_file: str | None = None
 
 
 @dataclass
@@ -53,6 +55,64 @@ class NREConfig:
 
 
 @dataclass
+class SDAEConfig:
+    """Stacked denoising autoencoder d-h1-h2-h3-b (Xie et al.: d-500-500-2000-10), fully connected."""
+
+    hidden: tuple[int, int, int] = (500, 500, 2000)
+    bottleneck: int = 10  # b
+    dropout: float = 0.2  # input corruption in pre-training and fine-tuning
+    pretrain_epochs: int = 2  # per layer, greedy layer-wise
+    finetune_epochs: int = 4  # end to end
+    batch_size: int = 256
+    lr: float = 1e-3  # Adam, both stages
+    # OUT.sdae.pt of an earlier sdae_kmeans or dec run with the same data and layers: reuse that SDAE
+    # instead of training one (DEC then refines exactly the baseline's network).
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        if min(self.hidden) < 1 or self.bottleneck < 1:
+            raise ValueError(f"layer widths must be >= 1, got {list(self.hidden)} and bottleneck {self.bottleneck}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DECConfig:
+    """DEC refinement of the SDAE bottleneck (also K of the SDAE + k-means baseline)."""
+
+    clusters: int = 10  # K
+    lr: float = 0.01  # SGD
+    momentum: float = 0.9
+    batch_size: int = 256
+    update_interval: int = 200  # iterations between target refreshes
+    tol: float = 0.001  # stop when fewer than this share of assignments change between refreshes
+    max_epochs: int = 3
+
+    def __post_init__(self):
+        if self.clusters < 2:
+            raise ValueError(f"DEC needs at least 2 clusters, got {self.clusters}")
+        if self.update_interval < 1 or self.max_epochs < 1:
+            raise ValueError("update_interval and max_epochs must be >= 1")
+
+
+@dataclass
+class ICSConfig:
+    """Intra-class splitting: the autoencoder section trains the splitting AE."""
+
+    atypical_fraction: float = 0.1  # rho: lowest-SSIM share labelled atypical
+    ssim_window: int = 7  # gaussian window (sigma 1.5) of the SSIM
+    epochs: int = 5  # each batch trains one of the three losses, in turn
+    batch_size: int = 256
+    lr: float = 1e-4  # Adam
+
+    def __post_init__(self):
+        if not 0 < self.atypical_fraction < 1:
+            raise ValueError(f"atypical_fraction must be in (0, 1), got {self.atypical_fraction}")
+        if self.ssim_window < 3 or self.ssim_window % 2 == 0:
+            raise ValueError(f"ssim_window must be odd and >= 3, got {self.ssim_window}")
+
+
+@dataclass
 class ExportConfig:
     calibration: Literal["position", "global"] = "position"
     calibration_quantile: float = 0.99
@@ -63,7 +123,7 @@ class ExportConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["ae", "nre"]
+    method: Literal["ae", "nre", "sdae_kmeans", "dec", "ics"]
     out: str = "runs/model"  # writes OUT.onnx and OUT.json
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
@@ -71,4 +131,7 @@ class TrainConfig:
     patches: PatchConfig = field(default_factory=PatchConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     nre: NREConfig = field(default_factory=NREConfig)
+    sdae: SDAEConfig = field(default_factory=SDAEConfig)
+    dec: DECConfig = field(default_factory=DECConfig)
+    ics: ICSConfig = field(default_factory=ICSConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -92,3 +92,20 @@ def sample_patches(
     static = np.flatnonzero(mask & ~moving)
     keep = rng.choice(static, size=int(round(static_fraction * len(static))), replace=False)
     return np.sort(np.concatenate([np.flatnonzero(moving), keep]))
+
+
+def frame_mask(data: ClipPatches, frames: list[tuple[str, int]]) -> np.ndarray:
+    """Patch mask of the listed (clip name, 1-based frame number in the clip) frames."""
+    unknown = sorted({clip for clip, _ in frames} - set(data.clips))
+    if unknown:
+        raise ValueError(f"frames listed from clips {unknown} that are not among the training clips {data.clips}")
+    clip_of_frame = data.clip_ids[:: data.positions]
+    first = {c: int(np.flatnonzero(clip_of_frame == c)[0]) for c in np.unique(clip_of_frame)}
+    chosen = np.zeros(data.frames, dtype=bool)
+    for clip, number in frames:
+        c = data.clips.index(clip)
+        running = first[c] + number - 1
+        if number < 1 or running >= data.frames or clip_of_frame[running] != c:
+            raise ValueError(f"{clip} has no frame {number}")
+        chosen[running] = True
+    return np.repeat(chosen, data.positions)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from streamer.model import ModelCard, create_session, session_scores, sha256_of
-from streamer.patches import PatchSpec
+from streamer.patches import PatchSpec, to_model_input
 from streamer.scoring import Calibration, ScoringSettings, aggregate, smooth_series
 
 from .data import ClipPatches
@@ -35,8 +35,8 @@ class ExportError(RuntimeError):
     pass
 
 
-def export_onnx(module: torch.nn.Module, path: str | os.PathLike, spec: PatchSpec) -> None:
-    """Write the scoring graph [N, C, S, S] float32 -> [N] with a dynamic batch axis."""
+def export_onnx(module: torch.nn.Module, path: str | os.PathLike, spec: PatchSpec, output: str = "scores") -> None:
+    """Write a graph of patches [N, C, S, S] float32 (scores [N], or latents [N, L]) with a dynamic batch axis."""
     import onnx
 
     module.eval()
@@ -48,8 +48,8 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, spec: PatchSpe
             (example,),
             str(path),
             input_names=["patches"],
-            output_names=["scores"],
-            dynamic_axes={"patches": {0: "batch"}, "scores": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={"patches": {0: "batch"}, output: {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -74,6 +74,21 @@ def check_parity(module: torch.nn.Module, session, patches: np.ndarray, toleranc
     if not diff <= bound:
         raise ExportError(f"ONNX scores differ from PyTorch by {diff:.3g} (> {bound:.3g}) on real patches")
     return {"patches": int(len(patches)), "max_abs_diff": diff, "tolerance": bound}
+
+
+def export_encoder(encoder: torch.nn.Module, path: Path, spec: PatchSpec, patches: np.ndarray) -> dict:
+    """Write the patches -> latents graph next to the model and check it against PyTorch; its card entry."""
+    export_onnx(encoder, path, spec, output="latents")
+    session, _ = create_session(path, device="cpu")
+    with torch.no_grad():
+        encoder.eval()
+        reference = encoder(as_float(patches)).numpy()
+    exported = session.run(None, {session.get_inputs()[0].name: to_model_input(patches)})[0]
+    diff = float(np.max(np.abs(reference - exported)))
+    bound = 1e-5 * max(1.0, float(np.max(np.abs(reference))))
+    if not diff <= bound:
+        raise ExportError(f"ONNX encoder latents differ from PyTorch by {diff:.3g} (> {bound:.3g})")
+    return {"file": path.name, "sha256": sha256_of(path), "latent": int(reference.shape[1]), "max_abs_diff": diff}
 
 
 def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> dict:
@@ -172,9 +187,10 @@ def export_model(
     gate_max_hidden: float | None = None,
     parity_patches: int = 4096,
     score_description: str = "mean squared reconstruction error per patch",
+    encoder: torch.nn.Module | None = None,
     seed: int = 0,
 ) -> ModelCard:
-    """Write OUT.onnx and OUT.json; return the card."""
+    """Write OUT.onnx and OUT.json (and OUT.encoder.onnx, patches -> latents, given an encoder); return the card."""
     out_path = Path(out_path).with_suffix(".onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(module, out_path, spec)
@@ -184,6 +200,10 @@ def export_model(
         len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
     )
     parity = check_parity(module, session, calibration_data.patches[np.sort(pick)])
+    encoder_entry = None
+    if encoder is not None:
+        encoder_path = out_path.with_suffix(".encoder.onnx")
+        encoder_entry = export_encoder(encoder, encoder_path, spec, calibration_data.patches[np.sort(pick)])
     result = calibrate(
         session, calibration_data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden
     )
@@ -202,6 +222,7 @@ def export_model(
         parity=parity,
         commit=git_commit(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        encoder=encoder_entry,
     )
     card.save(out_path.with_suffix(".json"))
     log.info("wrote %s and its card", out_path)

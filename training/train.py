@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from streamer.model import ModelCard, PatchModel, card_path_for
 from streamer.patches import PatchSpec
@@ -17,10 +18,14 @@ from streamer.patches import PatchSpec
 from . import data as training_data
 from .autoencoder import train_autoencoder
 from .config import TrainConfig
+from .dec import CentroidDistance, initial_centroids, refine
 from .export import export_model
+from .ics import train_ics
 from .loops import seed_everything
 from .nets import ReconstructionScore
 from .nre import train_nre
+from .sdae import SDAEEncoder, load_sdae, save_sdae, train_sdae
+from .select import read_manifest
 from .validation import speed_proxy
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,64 @@ def split_clips(cfg: TrainConfig, folders: list) -> tuple[list, list]:
     return fitting, [f for f in folders if f[0] in cfg.data.validation_clips]
 
 
+@dataclass
+class Trained:
+    scorer: nn.Module  # patches -> raw scores, the exported graph
+    encoder: nn.Module  # patches -> latents, exported beside it for `vad select`
+    network: dict
+    details: dict
+    score_description: str
+
+
+RECONSTRUCTION = "mean squared reconstruction error per patch"
+
+
+def fit_method(
+    cfg: TrainConfig, channels: int, train: np.ndarray, val: np.ndarray, rng: np.random.Generator, progress: bool
+) -> Trained:
+    """Train cfg.method's networks on the training patches (val: held-out normal patches)."""
+    if cfg.method in ("sdae_kmeans", "dec"):
+        return fit_centroid_method(cfg, channels, train, val, rng, progress)
+    autoencoder, history = train_autoencoder(cfg.autoencoder, channels, train, val, rng, progress)
+    details = {"autoencoder_history": history}
+    if cfg.method == "ics":
+        net, details["ics"] = train_ics(cfg.ics, autoencoder, train, val, rng, progress)
+        network = {
+            "splitting_autoencoder": autoencoder.config,
+            "classifier": "autoencoder encoder -> z -> dense -> sigmoid",
+        }
+        return Trained(
+            net, net.features, network, details, "predicted atypicality sigmoid(head(z)) of the ICS classifier"
+        )
+    if cfg.method == "nre":
+        autoencoder, details["nre"] = train_nre(cfg.nre, autoencoder, train, val, rng, cfg.seed, progress)
+    return Trained(ReconstructionScore(autoencoder), autoencoder.encoder, autoencoder.config, details, RECONSTRUCTION)
+
+
+def fit_centroid_method(
+    cfg: TrainConfig, channels: int, train: np.ndarray, val: np.ndarray, rng: np.random.Generator, progress: bool
+) -> Trained:
+    """SDAE, k-means++ on its codes, and for DEC the KL refinement; scored by distance to the nearest centroid."""
+    inputs = channels * cfg.patches.size**2
+    if cfg.sdae.checkpoint:
+        sdae, history = load_sdae(cfg.sdae.checkpoint, inputs, cfg.sdae)
+        log.info("reusing the SDAE of %s", cfg.sdae.checkpoint)
+    else:
+        sdae, history = train_sdae(cfg.sdae, inputs, train, val, rng, progress)
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        save_sdae(sdae, history, Path(cfg.out).with_suffix(".sdae.pt"))
+    encoder = SDAEEncoder(sdae)
+    centres, kmeans_details = initial_centroids(encoder, train, cfg.dec.clusters, cfg.seed)
+    details = {"sdae_history": history, "sdae_checkpoint": cfg.sdae.checkpoint, "kmeans": kmeans_details}
+    centroids, which = torch.from_numpy(centres), "k-means"
+    if cfg.method == "dec":
+        centroids, details["dec"] = refine(cfg.dec, encoder, centres, train, val, rng, progress)
+        which = "DEC-refined"
+    network = {"sdae": sdae.config, "clusters": len(centres)}
+    description = f"Euclidean distance from the patch's SDAE bottleneck code to the nearest {which} centroid"
+    return Trained(CentroidDistance(encoder, centroids), encoder, network, details, description)
+
+
 def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     started = time.perf_counter()
     rng = seed_everything(cfg.seed)
@@ -71,15 +134,19 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     def pick(mask):
         return training_data.sample_patches(clips, mask, cfg.data.motion_threshold, cfg.data.static_fraction, rng)
 
-    train_idx, val_idx = pick(~is_val & on_step), pick(is_val & on_step)
+    fitting_mask = ~is_val & on_step
+    if cfg.data.frames_file:
+        if cfg.data.frame_step != 1:
+            raise ValueError("data.frames_file and data.frame_step both choose the training frames: set only one")
+        fitting_mask = ~is_val & training_data.frame_mask(clips, read_manifest(cfg.data.frames_file))
+        log.info(
+            "fitting on the %d frames listed in %s", len(np.unique(clips.frame_ids[fitting_mask])), cfg.data.frames_file
+        )
+    train_idx, val_idx = pick(fitting_mask), pick(is_val & on_step)
     train, val = clips.patches[train_idx], clips.patches[val_idx]
     log.info("training on %d patches, validating on %d", len(train), len(val))
 
-    autoencoder, history = train_autoencoder(cfg.autoencoder, spec.channels, train, val, rng, progress)
-    details = {"autoencoder_history": history}
-    if cfg.method == "nre":
-        autoencoder, nre_details = train_nre(cfg.nre, autoencoder, train, val, rng, cfg.seed, progress)
-        details["nre"] = nre_details
+    trained = fit_method(cfg, spec.channels, train, val, rng, progress)
     fit_seconds = time.perf_counter() - started
 
     training = {
@@ -87,19 +154,20 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         "fitting_clips": [name for name, _ in fitting],
         "validation_clips": [name for name, _ in validation],
         "frames": clips.frames,
+        "fitting_frames": int(len(np.unique(clips.frame_ids[fitting_mask]))),
         "training_patches": int(len(train)),
         "validation_patches": int(len(val)),
-        "network": autoencoder.config,
+        "network": trained.network,
         "config": asdict(cfg),
         "seconds": round(fit_seconds, 1),
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        **details,
+        **trained.details,
     }
     out = Path(cfg.out).with_suffix(".onnx")
     export = cfg.export
     card = export_model(
-        ReconstructionScore(autoencoder),
+        trained.scorer,
         out,
         method=cfg.method,
         spec=spec,
@@ -110,6 +178,8 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         calibration_quantile=export.calibration_quantile,
         threshold_quantile=export.threshold_quantile,
         gate_max_hidden=export.gate_max_hidden,
+        score_description=trained.score_description,
+        encoder=trained.encoder,
         seed=cfg.seed,
     )
     if validation:
