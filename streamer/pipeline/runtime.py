@@ -19,7 +19,7 @@ import zmq
 
 from . import telemetry
 from .config import MessagingConfig
-from .messages import Message, MessageError, decode, send
+from .messages import Message, MessageError, decode, receive, send
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ def _watch_parent(pid: int, stop: threading.Event) -> None:
 
 
 def make_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, messaging: MessagingConfig) -> zmq.Socket:
-    """A socket with small high-water marks (backpressure), bounded linger and interruptible sends."""
+    """A socket with small high-water marks (backpressure), bounded linger and interruptible sends.
+
+    MAXMSGSIZE: libzmq drops the connection of a peer that sends a part larger than the
+    message limit, before allocating it (the sender's numbered frame is then counted lost
+    downstream); `decode` checks the total of all parts.
+    """
     socket = ctx.socket(kind)
+    socket.setsockopt(zmq.MAXMSGSIZE, messaging.max_message_bytes)
     socket.setsockopt(zmq.SNDHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.RCVHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.LINGER, int(messaging.linger_seconds * 1000))
@@ -109,24 +115,23 @@ class Inbox:
         if not self.socket.poll(int(timeout * 1000)):
             self._drained = self.stop.is_set()
             return None
-        return self._checked(self.socket.recv_multipart(copy=False))
+        return self._checked()
 
     def receive_more(self, limit: int) -> list[Message]:
         """Up to `limit` more messages that are already waiting, without blocking."""
         found = []
         while len(found) < limit:
             try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                message = self._checked(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            message = self._checked(parts)
             if message is not None:
                 found.append(message)
         return found
 
-    def _checked(self, parts: list) -> Message | None:
+    def _checked(self, flags: int = 0) -> Message | None:
         try:
-            return decode(parts, self.max_bytes)
+            return decode(receive(self.socket, flags), self.max_bytes)
         except MessageError as e:
             self.reject(e)
             return None
