@@ -19,8 +19,8 @@ import zmq
 from .model import BUNDLED_MODEL
 from .pipeline import PipelineError
 from .pipeline import config as pipeline_config
-from .pipeline.alerter import EVENT_TOPIC
 from .pipeline.events import read_events
+from .pipeline.outbox import EVENT_TOPIC
 from .pipeline.supervisor import Supervisor, preflight
 
 SAMPLE_CLIP = Path(__file__).resolve().parent / "samples" / "ped2_test002.mp4"

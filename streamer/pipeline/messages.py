@@ -187,7 +187,11 @@ def _is(kind: str, value) -> bool:
     if kind == "number":
         return _is("int", value) or (isinstance(value, float) and math.isfinite(value))  # 1e999 parses as inf
     if kind == "shape":
-        return isinstance(value, list) and len(value) == 2 and all(_is("int", v) and 0 < v <= MAX_FRAME_SIDE for v in value)
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_is("int", v) and 0 < v <= MAX_FRAME_SIDE for v in value)
+        )
     return isinstance(value, {"str": str, "bool": bool, "list": list}[kind])
 
 
