@@ -57,8 +57,11 @@ class Outbox:
     def flush(self, now: float | None = None) -> None:
         """Write and publish what waits, in order; after a failure, only once `retry_seconds` have passed."""
         now = time.monotonic() if now is None else now
-        if (self.recovered and not self.held) or now < self._next_try:
-            return
+        if (self.held or not self.recovered) and now >= self._next_try:
+            self._write_out(now)
+        telemetry.EVENT_LOG_HELD.set(len(self.held))
+
+    def _write_out(self, now: float) -> None:
         written = 0
         try:
             if not self.recovered:
@@ -72,16 +75,15 @@ class Outbox:
                 written += 1
         except EventLogError as e:
             self._failed(e, now)
-        else:
-            if self.failing_since is not None:
-                log.warning(
-                    "event log writable again after %.0f s: %d held events written and published",
-                    now - self.failing_since,
-                    written,
-                )
-            self.failing_since, self._dropped = None, 0
-            telemetry.EVENT_LOG_UP.set(1)
-        telemetry.EVENT_LOG_HELD.set(len(self.held))
+            return
+        if self.failing_since is not None:
+            log.warning(
+                "event log writable again after %.0f s: %d held events written and published",
+                now - self.failing_since,
+                written,
+            )
+        self.failing_since, self._dropped = None, 0
+        telemetry.EVENT_LOG_UP.set(1)
 
     def _failed(self, error: EventLogError, now: float) -> None:
         telemetry.EVENT_LOG_ERRORS.inc()
@@ -91,7 +93,7 @@ class Outbox:
             self.failing_since, self._next_report = now, now
         if now >= self._next_report:
             log.error(
-                "event log %s; %d events wait unpublished, retrying every %.0f s",
+                "event log %s; %d events wait unpublished, retrying every %g s",
                 error,
                 len(self.held),
                 self.retry_seconds,
