@@ -64,3 +64,18 @@ def test_train_nre_cli(synthetic_ped2, tiny_config, tmp_path, capsys):
     card = ModelCard.load(card_path_for(out.with_suffix(".onnx")))
     assert card.method == "nre" and card.training["nre"]["clusters"] == 3
     assert "validation" in card.training and 0 <= card.training["validation"]["auc"] <= 1
+
+
+def test_frame_step_trains_on_every_kth_frame(synthetic_ped2, tiny_config, tmp_path):
+    from streamer import config
+    from training.config import TrainConfig
+    from training.train import train_model
+
+    def patches(step: int) -> int:
+        overrides = {"data": {"root": str(synthetic_ped2), "frame_step": step}, "out": str(tmp_path / f"s{step}")}
+        overrides["autoencoder"] = {"epochs": 1}
+        card = train_model(config.load(tiny_config, TrainConfig, overrides), progress=False)
+        assert card.training["frames"] == 60  # calibration still uses every frame
+        return card.training["training_patches"]
+
+    assert 0.35 < patches(2) / patches(1) < 0.65
