@@ -8,6 +8,7 @@ import yaml
 
 from streamer.cli import main
 from streamer.pipeline import security
+from streamer.pipeline.config import free_port_base
 
 from .conftest import REPO
 
@@ -114,6 +115,12 @@ def test_curve_needs_a_key_pair_and_an_allow_list_and_takes_secrets_from_the_env
     monkeypatch.setenv("VAD_TEST_KEY", str(secret))
     code, out, _ = check(write(tmp_path, valid), capsys)
     assert code == 0 and "CURVE on" in out
+
+
+def test_vad_health_fails_when_no_daemon_answers(tmp_path, valid, capsys):
+    valid["metrics"] = {"base_port": free_port_base(5)}
+    assert main(["health", "--config", str(write(tmp_path, valid)), "--timeout", "1"]) == 1
+    assert "unhealthy: the supervisor does not answer at http://127.0.0.1:" in capsys.readouterr().err
 
 
 def test_keys_generate_writes_an_owner_only_secret_and_never_overwrites(tmp_path, capsys):

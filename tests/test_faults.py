@@ -20,6 +20,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
+from streamer.cli import main
 from streamer.pipeline import config as pipeline_config
 from streamer.pipeline.config import StageRef
 from streamer.pipeline.events import read_events
@@ -107,6 +108,7 @@ def daemon(tiny_model, synthetic_ped2):
             wait_for(lambda: len(stages_of(process.pid)) == 4, 30, "four stages")
             yield {
                 "run_dir": run_dir,
+                "config": config,
                 "cfg": cfg,
                 "process": process,
                 "sub": sub,
@@ -137,6 +139,12 @@ def kill(daemon, label: str) -> float:
     assert sample(scrape(port), "vad_stage_restarts_total", stage=label) == daemon["kills"][label]
     assert sample(scrape(port), "vad_stage_up", stage=label) == 1
     return stopped_at
+
+
+def test_vad_health_lists_every_stage_up(daemon, capsys):
+    assert main(["health", "--config", str(daemon["config"])]) == 0
+    states = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert states == {"capture[cam1]": "up", "patcher[cam1]": "up", "scorer[0]": "up", "alerter": "up"}
 
 
 def test_a_killed_scorer_is_restarted_and_frames_flow_again(daemon):
