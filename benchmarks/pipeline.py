@@ -52,6 +52,7 @@ def write_config(run_dir: Path, args, camera: dict, gate: bool = True, metrics: 
             "exit_at_end": not camera.get("loop", False),
         },
         "metrics": {"base_port": pipeline_config.free_port_base(4 + args.scorers)} if metrics else {"enabled": False},
+        "supervisor": {"restart": False},  # a measurement, not a daemon: a failed stage ends it
     }
     path = run_dir / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -8,11 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import ConfigError
 from .model import BUNDLED_MODEL
 
 log = logging.getLogger("vad")
 
 TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics")
+ALERT_MAX_BYTES = 1 << 20  # an event is a few kB; a larger message from the publisher is refused by libzmq
 
 
 def setup_logging(level: str) -> None:
@@ -122,7 +124,6 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     import zmq
 
-    from .config import ConfigError
     from .pipeline import config as pipeline_config
     from .pipeline import telemetry
     from .pipeline.runtime import stop_on_signals
@@ -158,24 +159,103 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise ConfigError([f"{ref.label}: cannot use a socket: {e}"]) from None
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def checked_config(path: str):
+    """The pipeline config and everything it refers to, checked as `vad run` needs them; ConfigError if not."""
     from .pipeline import config as pipeline_config
+    from .pipeline.supervisor import preflight
+
+    cfg = pipeline_config.load(path)
+    try:
+        preflight(cfg)
+    except ConfigError as e:
+        raise ConfigError(e.problems, path) from None
+    return cfg
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .pipeline.config import stage_refs
+
+    cfg = checked_config(args.file)
+    security = "CURVE on" if cfg.security.curve.enabled else "CURVE off"
+    reach = "remote endpoints allowed" if cfg.security.allow_remote else "loopback and ipc only"
+    print(
+        f"{args.file}: valid: {len(cfg.cameras)} camera(s), {len(stage_refs(cfg))} stage processes, "
+        f"{reach}, {security}; event log {cfg.alerter.event_log}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline.runtime import stop_on_signals
-    from .pipeline.supervisor import Supervisor, preflight
+    from .pipeline.supervisor import Supervisor
+
+    cfg = checked_config(args.config)
+    if cfg.security.allow_remote and not cfg.security.curve.enabled:
+        log.warning(
+            "security.allow_remote without security.curve: traffic between hosts is neither encrypted nor checked"
+        )
+    return Supervisor(args.config, cfg, args.log_level).run(stop_on_signals())
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from .pipeline import security
+
+    try:
+        public, secret = security.generate(args.out, args.name, args.authorize)
+    except FileExistsError as e:
+        raise ConfigError([str(e)]) from None
+    print(f"public key  {public}   (give it out: copy it into the authorized_keys folder of the pipeline)")
+    print(f"secret key  {secret}   (keep it: readable by its owner only)")
+    if args.authorize:
+        print(f"authorized  {Path(args.authorize) / public.name}")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .pipeline import config as pipeline_config
 
     cfg = pipeline_config.load(args.config)
-    preflight(cfg)
-    return Supervisor(args.config, cfg, args.log_level).run(stop_on_signals())
+    host = cfg.metrics.host if cfg.metrics.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{pipeline_config.supervisor_metrics_port(cfg)}/metrics"
+    try:
+        text = urllib.request.urlopen(url, timeout=args.timeout).read().decode()
+    except OSError as e:
+        print(f"unhealthy: the supervisor does not answer at {url} ({e})", file=sys.stderr)
+        return 1
+    for family in text_string_to_metric_families(text):
+        if family.name == "vad_stage_up":
+            for sample in family.samples:
+                print(f"{sample.labels['stage']:<24} {'up' if sample.value else 'restarting'}")
+    return 0
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     import zmq
 
-    from .config import ConfigError
     from .pipeline import config as pipeline_config
+    from .pipeline import security
 
-    endpoint = args.endpoint or pipeline_config.load(args.config).alerter.events_endpoint
+    endpoint, curve = args.endpoint, None
+    if args.config:
+        cfg = pipeline_config.load(args.config)
+        endpoint, curve = cfg.alerter.events_endpoint, cfg.security.curve
+    keys = None
+    if args.key or (curve and curve.enabled):
+        if not args.server_key and not (curve and curve.enabled):
+            raise ConfigError(["--key needs --server-key: the pipeline's public key (NAME.key)"])
+        try:
+            server_key = security.load_public_key(args.server_key or curve.secret_key)
+            keys = (*security.load_key_pair(args.key or curve.secret_key), server_key)
+        except ValueError as e:
+            raise ConfigError([str(e)]) from None
     with zmq.Context() as ctx, ctx.socket(zmq.SUB) as socket:
+        socket.setsockopt(zmq.MAXMSGSIZE, ALERT_MAX_BYTES)
+        if keys:
+            security.set_client_keys(socket, *keys)
         try:
             socket.connect(endpoint)
         except zmq.ZMQError as e:
@@ -274,14 +354,32 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", help="take the endpoint from this pipeline YAML")
     p.add_argument("--count", type=int, help="exit after this many events")
     p.add_argument("--timeout", type=float, help="exit with status 1 after this many seconds without an event")
+    p.add_argument("--key", help="CURVE: this subscriber's NAME.key_secret (its NAME.key in the pipeline's allow-list)")
+    p.add_argument("--server-key", help="CURVE: the pipeline's public key, NAME.key")
     p.set_defaults(func=cmd_alerts)
+
+    cfg = sub.add_parser("config", help="pipeline configs").add_subparsers(dest="action", required=True)
+    p = cfg.add_parser("check", help="check a pipeline YAML as `vad run` would: exit 0 if valid, else every problem")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_config_check)
+
+    keys = sub.add_parser("keys", help="CURVE key pairs").add_subparsers(dest="action", required=True)
+    p = keys.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (owner-only) into a folder")
+    p.add_argument("--out", required=True, help="folder for the key files")
+    p.add_argument("--name", required=True, help="e.g. pipeline, or a subscriber's name")
+    p.add_argument("--authorize", help="also copy the public key into this authorized_keys folder")
+    p.set_defaults(func=cmd_keys_generate)
+
+    p = sub.add_parser("health", help="exit 0 if the daemon's supervisor answers; prints each stage's state")
+    p.add_argument("--config", required=True, help="the pipeline YAML the daemon runs")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    p.set_defaults(func=cmd_health)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from .config import ConfigError
     from .model import ModelError
     from .pipeline import PipelineError
     from .sources import SourceError

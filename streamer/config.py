@@ -120,6 +120,9 @@ def build(schema: type, data: Any, problems: list[str], where: str = ""):
         return None
     try:
         return schema(**values)
+    except ConfigError as e:  # a __post_init__ that lists several problems, each with its path
+        problems.extend(_join(where, p) for p in e.problems)
+        return None
     except (TypeError, ValueError) as e:  # the dataclass's own __post_init__ checks
         problems.append(f"{where or '<root>'}: {e}")
         return None

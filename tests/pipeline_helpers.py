@@ -14,10 +14,13 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import yaml
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamer.patches import PatchExtractor
+from streamer.pipeline import messages
 from streamer.pipeline.config import free_port_base
 
 
@@ -156,3 +159,62 @@ def receive_events(socket: zmq.Socket, timeout: float) -> list[dict]:
         assert topic == b"event"
         events.append(json.loads(body))
     return events
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def stage_label(pid: int) -> str | None:
+    """'capture[cam1]', 'scorer[0]', 'alerter', ... for a `vad stage` process, from its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    args = [a.decode() for a in argv]
+    if "stage" not in args:
+        return None
+    name = args[args.index("stage") + 1]
+    if "--camera" in args:
+        return f"{name}[{args[args.index('--camera') + 1]}]"
+    if name == "scorer":
+        return f"scorer[{args[args.index('--index') + 1] if '--index' in args else 0}]"
+    return name
+
+
+def stages_of(pid: int) -> dict[str, int]:
+    """The live stage processes a `vad run` process supervises, by label."""
+    return {label: child for child in child_pids(pid) if alive(child) and (label := stage_label(child))}
+
+
+def frame_header(camera: str = "cam1", seq: int = 0, stream: str = "test", reset: bool = True) -> dict:
+    return {
+        "kind": "frame",
+        "camera": camera,
+        "stream": stream,
+        "seq": seq,
+        "t_capture": time.time(),
+        "index": seq + 1,
+        "clip": "",
+        "reset": reset,
+    }
+
+
+def scores_parts(card, seq: int, score: float, camera: str = "cam1", stream: str = "test") -> list:
+    """A scores message from a stand-in scorer: every patch at `score`, frame score `score`."""
+    shape = tuple(card.patch.frame_size)
+    positions = len(PatchExtractor(card.patch).boxes(shape))
+    header = {
+        **frame_header(camera, seq, stream, reset=seq == 0),
+        "kind": "scores",
+        "frame_shape": list(shape),
+        "score": score,
+        "active": positions,
+        "t_scored": time.time(),
+        "model": card.onnx_sha256,
+    }
+    return messages.encode(header, {"patch_scores": np.full(positions, score, np.float32)})

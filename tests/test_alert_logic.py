@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from streamer.pipeline.checkpoint import Checkpoint
 from streamer.pipeline.events import EventLog, EventTracker, read_events, top_boxes
 from streamer.pipeline.messages import Message, MessageError
 from streamer.pipeline.reorder import Reorder
@@ -115,3 +116,24 @@ def test_event_log_is_durable_sqlite_in_wal_mode(tmp_path):
     assert read_events(path) == events  # readable by another connection before close: committed
     log.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reorder_resumed_from_a_checkpoint_counts_what_a_killed_alerter_had_in_flight():
+    r = Reorder("cam-f", max_pending=8, timeout=1.0, position=("s1", 10))
+    before = lost("cam-f")
+    assert seqs(r.push(msg(13, camera="cam-f"), 0.0)) == []  # 10-12 were in the killed alerter's hands
+    assert seqs(r.expire(1.5)) == [13] and lost("cam-f") - before == 3
+    with pytest.raises(MessageError):
+        r.push(msg(9, camera="cam-f"))  # processed before the kill
+    assert r.position == ("s1", 14)
+
+
+def test_a_checkpoint_keeps_the_last_record_across_processes(tmp_path):
+    path = tmp_path / "state" / "capture-cam.json"
+    first = Checkpoint(path)
+    assert first.read() is None
+    first.write({"stream": "abc", "next_seq": 123456})
+    first.write({"stream": "abc", "next_seq": 7})  # shorter: the padding hides the longer record's tail
+    assert Checkpoint(path).read() == {"stream": "abc", "next_seq": 7}  # what a restarted process finds
+    first.clear()
+    assert Checkpoint(path).read() is None

@@ -77,6 +77,7 @@ def test_derive_keeps_the_frame_position_and_adds_fields():
         ([], "malformed"),
         ([b"{" + b" " * messages.MAX_HEADER_BYTES + b"}"], "malformed"),
         ([b"x" * (LIMIT + 1)], "oversized"),
+        ([b"[" * 4000], "malformed"),  # nesting deep enough to exhaust the JSON parser's recursion
     ],
 )
 def test_garbage_is_rejected_with_a_reason(parts, reason):
@@ -99,6 +100,10 @@ def test_garbage_is_rejected_with_a_reason(parts, reason):
         (lambda h: h.update(arrays=[{"shape": [3, 4], "dtype": "float64"}]), "must be 2-D uint8"),
         (lambda h: h.update(arrays=[{"shape": [4, 4], "dtype": "uint8"}]), "is 16 bytes, got 12"),
         (lambda h: h.update(arrays=[]), "needs 1 arrays"),
+        (lambda h: h.update(seq=2**70), "'seq' is not a int"),
+        (lambda h: h.update(t_capture=float("nan")), "not plain JSON"),
+        # 2**32 x 2**32 bytes wraps to 0 in int64 arithmetic; the buffer is empty
+        (lambda h: h.update(arrays=[{"shape": [2**32, 2**32], "dtype": "uint8"}]), "is 18446744073709551616 bytes"),
     ],
 )
 def test_bad_headers_are_rejected_as_malformed(change, fragment):
@@ -118,3 +123,25 @@ def test_size_limit_counts_every_part():
     with pytest.raises(MessageError) as error:
         decode(parts, 10_000 + len(parts[0]) - 1)
     assert error.value.reason == "oversized"
+
+
+def test_infinite_numbers_and_absurd_frame_shapes_are_malformed():
+    text = json.dumps(json.loads(as_bytes(frame_parts())[0])).replace('"t_capture": 1.5', '"t_capture": 1e999')
+    with pytest.raises(MessageError, match="'t_capture' is not a number"):
+        decode([text.encode(), bytes(12)], LIMIT)
+    patches = np.zeros((0, 1, 30, 30), np.uint8)
+    header = {**json.loads(as_bytes(frame_parts())[0]), "kind": "patches", "frame_shape": [10**6, 10**6]}
+    del header["v"], header["arrays"]
+    with pytest.raises(MessageError, match="'frame_shape' is not a shape"):
+        decode(as_bytes(encode(header, {"patches": patches, "active": np.zeros(0, bool)})), LIMIT)
+
+
+def test_receive_reads_an_overlong_message_without_keeping_it(tmp_path):
+    with zmq.Context() as ctx, ctx.socket(zmq.PAIR) as a, ctx.socket(zmq.PAIR) as b:
+        a.bind(f"ipc://{tmp_path}/pair")
+        b.connect(f"ipc://{tmp_path}/pair")
+        a.send_multipart([b"{}"] + [b""] * 10_000)
+        messages.send(a, frame_parts())
+        with pytest.raises(MessageError, match="10001 parts, at most 3"):
+            messages.receive(b)
+        assert decode(messages.receive(b), LIMIT).seq == 7  # the next message is intact

@@ -3,8 +3,12 @@
 Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
-the PUB socket as [b"event", JSON]. Optionally every frame's scores go to a JSON
-lines file (evaluation, benchmarks).
+the PUB socket as [b"event", JSON] (`Outbox`). Optionally every frame's scores go
+to a JSON lines file (evaluation, benchmarks).
+
+How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
+restarted alerter counts the frames a killed one had in flight as lost, and the
+events it left open are ended (reason `restart`) by the Outbox.
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ from ..model import ModelCard, card_path_for
 from ..patches import PatchExtractor
 from ..scoring import CausalSmoother
 from . import telemetry
+from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
 from .messages import Message, MessageError
+from .outbox import Outbox
 from .reorder import Reorder
 from .runtime import Inbox, make_socket
+from .security import curve_for
 
 log = logging.getLogger(__name__)
 
-EVENT_TOPIC = b"event"
 PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
+PUB_MAX_MESSAGE_BYTES = 1024  # what a subscriber may send: subscriptions
 
 
 class CameraState:
-    def __init__(self, camera: str, cfg: PipelineConfig, settings, tracker: EventTracker):
-        self.reorder = Reorder(camera, cfg.alerter.max_pending, cfg.alerter.reorder_timeout)
+    def __init__(self, camera: str, cfg: PipelineConfig, settings, tracker: EventTracker, position):
+        self.reorder = Reorder(camera, cfg.alerter.max_pending, cfg.alerter.reorder_timeout, position)
         self.smoother = CausalSmoother(settings)
         self.tracker = tracker
         self.ended = False
@@ -43,7 +50,7 @@ class CameraState:
 
 
 class Alerter:
-    def __init__(self, cfg: PipelineConfig, publish, event_log: EventLog, score_log=None):
+    def __init__(self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None):
         card = ModelCard.load(card_path_for(cfg.model))
         card.check_geometry()
         self.cfg = cfg
@@ -51,19 +58,22 @@ class Alerter:
         self.settings = scoring_settings(cfg, card)
         self.threshold = self.settings.threshold
         self.extractor = PatchExtractor(card.patch)  # only for patch boxes in frame pixels
-        self.publish = publish
-        self.event_log = event_log
+        self.outbox = outbox
+        self.progress = progress
         self.score_log = score_log
         model = {"method": card.method, "sha256": card.onnx_sha256}
+        reached = progress.read() or {}
         self.cameras = {
             c.id: CameraState(
                 c.id,
                 cfg,
                 self.settings,
                 EventTracker(c.id, self.threshold, cfg.alerter.end_after, cfg.alerter.update_every, model),
+                reached.get(c.id),
             )
             for c in cfg.cameras
         }
+        self._saved = self._positions()
 
     @property
     def all_ended(self) -> bool:
@@ -86,12 +96,24 @@ class Alerter:
             raise MessageError("unexpected_kind", f"{message.kind} message on the score input")
         for ready in state.reorder.push(message):
             self._process(state, ready)
+        self._save_progress()
 
     def expire(self) -> None:
         for state in self.cameras.values():
             for ready in state.reorder.expire():
                 self._process(state, ready)
+        self._save_progress()
+        self.outbox.flush()
         telemetry.QUEUE_DEPTH.labels("alerter").set(sum(len(s.reorder) for s in self.cameras.values()))
+
+    def _positions(self) -> dict:
+        return {camera: state.reorder.position for camera, state in self.cameras.items() if state.reorder.position}
+
+    def _save_progress(self) -> None:
+        positions = self._positions()
+        if positions != self._saved:
+            self.progress.write(positions)
+            self._saved = positions
 
     def _process(self, state: CameraState, message: Message) -> None:
         header = message.header
@@ -139,19 +161,8 @@ class Alerter:
             self.score_log.write(json.dumps(record) + "\n")
 
     def _emit(self, event: dict | None) -> None:
-        if event is None:
-            return
-        body = self.event_log.append(event)  # durable before anyone hears of it
-        self.publish([EVENT_TOPIC, body.encode()])
-        telemetry.EVENTS.labels(event["camera"], event["type"]).inc()
-        log.info(
-            "event %s %s %s seq %d score %s",
-            event["type"],
-            event["camera"],
-            event["event_id"][:8],
-            event["seq"],
-            event["score"],
-        )
+        if event is not None:
+            self.outbox.put(event)
 
     def shutdown(self) -> None:
         """Close every open event (the log then holds an end for each start)."""
@@ -161,21 +172,33 @@ class Alerter:
 
 
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
-    with ExitStack() as stack, zmq.Context() as ctx:
+    with ExitStack() as stack, zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         event_log = EventLog(cfg.alerter.event_log)
         stack.callback(event_log.close)
+        progress = Checkpoint(state_path(cfg.run_dir, "alerter"))
+        stack.callback(progress.close)
         score_log = None
         if cfg.alerter.score_log:
             score_log = stack.enter_context(open(cfg.alerter.score_log, "a", buffering=1))
         inbox = Inbox(
-            make_socket(ctx, zmq.PULL, cfg.alerter.scores_endpoint, bind=True, messaging=cfg.messaging),
+            make_socket(ctx, zmq.PULL, cfg.alerter.scores_endpoint, bind=True, messaging=cfg.messaging, curve=curve),
             "alerter",
             stop,
             cfg.messaging,
         )
-        publisher = make_socket(ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging)
+        publisher = make_socket(
+            ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging, curve=curve
+        )
         publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
-        alerter = Alerter(cfg, lambda parts: publisher.send_multipart(parts), event_log, score_log)
+        publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        outbox = Outbox(
+            event_log,
+            lambda parts: publisher.send_multipart(parts),
+            cfg.alerter.log_retry_seconds,
+            cfg.alerter.max_held_events,
+        )
+        alerter = Alerter(cfg, outbox, progress, score_log)
+        outbox.flush()  # ends the events a killed predecessor left open
         log.info(
             "alerter: threshold %.4g, events on %s, log %s",
             alerter.threshold,
@@ -197,6 +220,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
                 log.info("alerter: every camera's stream has ended")
                 break
         alerter.shutdown()
-        inbox.socket.close()
+        outbox.close()
+        inbox.close()
         publisher.close()
     return 0

@@ -26,8 +26,10 @@ import zmq
 from .. import ped2
 from ..sources import FolderSource, Frame, SourceError, VideoSource, open_capture, to_gray
 from . import messages, telemetry
+from .checkpoint import Checkpoint, state_path
 from .config import CameraConfig, PipelineConfig
 from .runtime import make_socket, send_blocking
+from .security import curve_for
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +40,52 @@ Captured = tuple[Frame, str, bool]
 
 
 class FrameSender:
-    """Numbers frames 0, 1, 2, ... under this run's stream id and sends them downstream."""
+    """Numbers frames 0, 1, 2, ... under a stream id and sends them downstream.
 
-    def __init__(self, socket: zmq.Socket, camera: str, stop: threading.Event, linger_seconds: float):
+    A stream outlives its process: each number is written to a checkpoint before its
+    frame goes out, so a capture restarted after a crash continues the same stream
+    after the last number the dead process may have used. Frames that process had
+    numbered but not delivered leave a gap the alerter counts as lost, rather than
+    vanishing with an abandoned stream. A stream that ended (`end` sent) is over; the
+    next run starts a new one.
+    """
+
+    def __init__(self, socket: zmq.Socket, camera: str, stop: threading.Event, cfg: PipelineConfig):
         self.socket = socket
         self.camera = camera
-        self.stream = uuid.uuid4().hex[:12]
-        self.seq = 0
-        self.frames = 0
         self.stop = stop
-        self.linger_seconds = linger_seconds
+        self.linger_seconds = cfg.messaging.linger_seconds
+        self.max_bytes = cfg.messaging.max_message_bytes
+        self.checkpoint = Checkpoint(state_path(cfg.run_dir, f"capture-{camera}"))
+        resumed = self.checkpoint.read() or {}
+        if isinstance(resumed.get("stream"), str) and isinstance(resumed.get("next_seq"), int):
+            self.stream, self.seq = resumed["stream"], resumed["next_seq"]
+            log.warning("%s: the last run did not end its stream: %s resumes at seq %d", camera, self.stream, self.seq)
+        else:
+            self.stream, self.seq = uuid.uuid4().hex[:12], 0
+        self.frames = 0
+        self._oversized = telemetry.FRAMES_DROPPED.labels(camera, "oversized")
 
     def _send(self, header: dict, arrays: dict | None = None) -> bool:
-        header = {"camera": self.camera, "stream": self.stream, "seq": self.seq, **header}
-        if not send_blocking(self.socket, messages.encode(header, arrays), self.stop, self.linger_seconds):
+        parts = messages.encode({"camera": self.camera, "stream": self.stream, "seq": self.seq, **header}, arrays)
+        self.checkpoint.write({"stream": self.stream, "next_seq": self.seq + 1})  # ahead of the send
+        if not send_blocking(self.socket, parts, self.stop, self.linger_seconds):
             return False
         self.seq += 1
         return True
 
     def frame(self, item: Captured) -> bool:
         frame, clip, reset = item
+        if frame.image.nbytes + messages.MAX_HEADER_BYTES > self.max_bytes:
+            self._oversized.inc()
+            log.error(
+                "%s: a %dx%d frame does not fit messaging.max_message_bytes (%d): dropped",
+                self.camera,
+                frame.image.shape[1],
+                frame.image.shape[0],
+                self.max_bytes,
+            )
+            return True
         header = {"kind": "frame", "t_capture": frame.timestamp, "index": frame.index, "clip": clip, "reset": reset}
         if not self._send(header, {"image": frame.image}):
             return False
@@ -66,12 +94,10 @@ class FrameSender:
         return True
 
     def end(self, reason: str) -> None:
-        if not self._send({"kind": "end", "t_capture": time.time(), "reason": reason}):
+        if self._send({"kind": "end", "t_capture": time.time(), "reason": reason}):
+            self.checkpoint.clear()  # the stream is over: the next run starts a new one
+        else:
             log.warning("%s: could not send the end of stream downstream", self.camera)
-
-
-def backoff(attempt: int, camera: CameraConfig) -> float:
-    return min(camera.reconnect.initial_seconds * 2**attempt, camera.reconnect.max_seconds)
 
 
 def camera_frames(camera: CameraConfig, stop: threading.Event, opener: Callable = open_capture) -> Iterator[Captured]:
@@ -90,7 +116,7 @@ def camera_frames(camera: CameraConfig, stop: threading.Event, opener: Callable 
         try:
             capture = opener(target)
         except Exception as e:  # SourceError, or whatever a capture backend throws
-            delay = backoff(attempt, camera)
+            delay = camera.reconnect.delay(attempt)
             log.warning("%s: %s; retrying in %.1f s", camera.id, e, delay)
             attempt += 1
             stop.wait(delay)
@@ -115,7 +141,7 @@ def camera_frames(camera: CameraConfig, stop: threading.Event, opener: Callable 
             capture.release()
         if not stop.is_set():
             up.set(0)
-            delay = backoff(attempt, camera)
+            delay = camera.reconnect.delay(attempt)
             log.warning("%s: source lost (%s); reconnecting in %.1f s", camera.id, why, delay)
             attempt += 1
             stop.wait(delay)
@@ -248,9 +274,9 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
         camera.source,
         "live (drops oldest)" if camera.is_live else "lossless",
     )
-    with zmq.Context() as ctx:
-        socket = make_socket(ctx, zmq.PUSH, camera.frames_endpoint, bind=True, messaging=cfg.messaging)
-        sender = FrameSender(socket, camera.id, stop, cfg.messaging.linger_seconds)
+    with zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
+        socket = make_socket(ctx, zmq.PUSH, camera.frames_endpoint, bind=True, messaging=cfg.messaging, curve=curve)
+        sender = FrameSender(socket, camera.id, stop, cfg)
         if camera.is_live:
             send_live(frames, sender, camera.buffer_frames, stop)
         else:

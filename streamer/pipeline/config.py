@@ -4,10 +4,15 @@ Every stage process reads the same file. Endpoints default to ipc:// sockets in
 `run_dir` (this host only); set tcp:// endpoints to spread stages over hosts. An
 endpoint string is used as given both to bind and to connect, so on several hosts
 it names the binding host's interface address (e.g. tcp://10.0.0.5:5551).
+
+Nothing listens beyond this host unless the config says so: an endpoint or the
+metrics host on an address other than loopback is an error without
+`security.allow_remote: true` (and then CURVE, `security.curve`, is advised).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import socket
@@ -18,19 +23,24 @@ from typing import Literal
 from .. import config as typed_config
 from ..model import BUNDLED_MODEL, ModelCard
 from ..scoring import ScoringSettings
+from . import security
 from .messages import CAMERA_ID
 
 IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
 
 
 @dataclass
-class ReconnectConfig:
-    initial_seconds: float = 0.5  # first wait after a live source is lost; doubles per failed try
+class Backoff:
+    initial_seconds: float = 0.5  # first wait; doubles per failure in a row
     max_seconds: float = 10.0
 
     def __post_init__(self):
         if not 0 < self.initial_seconds <= self.max_seconds:
-            raise ValueError("reconnect needs 0 < initial_seconds <= max_seconds")
+            raise ValueError("needs 0 < initial_seconds <= max_seconds")
+
+    def delay(self, failures: int) -> float:
+        """The wait after `failures` failures in a row (0: the first)."""
+        return min(self.initial_seconds * 2 ** min(failures, 32), self.max_seconds)
 
 
 @dataclass
@@ -44,7 +54,7 @@ class CameraConfig:
     fps: float | None = None
     loop: bool = False  # files, folders, Ped2: start over at the end (each pass is a new recording)
     buffer_frames: int = 4  # live sources: frames held while downstream is busy
-    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    reconnect: Backoff = field(default_factory=Backoff)  # waits between tries to reopen a lost live source
     frames_endpoint: str | None = None  # capture binds, patcher connects; default ipc://RUN_DIR/ID.frames
     patches_endpoint: str | None = None  # patcher binds, scorers connect; default ipc://RUN_DIR/ID.patches
 
@@ -102,10 +112,16 @@ class AlerterConfig:
     reorder_timeout: float = 2.0  # seconds to wait for a missing frame before skipping it (counted as lost)
     max_pending: int = 256  # frames held per camera while waiting for a missing one
     exit_at_end: bool = False  # exit once every camera's stream has ended (demo, evaluation)
+    # While the event log cannot be written (disk full, read-only), events wait in memory, unpublished,
+    # and the write is retried every log_retry_seconds; past max_held_events new ones are dropped (counted).
+    log_retry_seconds: float = 1.0
+    max_held_events: int = 10000
 
     def __post_init__(self):
-        if min(self.end_after, self.update_every, self.max_boxes, self.max_pending) < 1 or self.reorder_timeout <= 0:
-            raise ValueError("end_after, update_every, max_boxes and max_pending must be >= 1, reorder_timeout > 0")
+        if min(self.end_after, self.update_every, self.max_boxes, self.max_pending, self.max_held_events) < 1:
+            raise ValueError("end_after, update_every, max_boxes, max_pending and max_held_events must be >= 1")
+        if self.reorder_timeout <= 0 or self.log_retry_seconds <= 0:
+            raise ValueError("reorder_timeout and log_retry_seconds must be > 0")
 
 
 @dataclass
@@ -123,11 +139,60 @@ class MessagingConfig:
 class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
-    base_port: int = 9100  # stage k of `vad stages` listing serves /metrics on base_port + k
+    # Stage k of `stage_refs` serves /metrics on base_port + k, the supervisor (`vad run`) on the port after the last.
+    base_port: int = 9100
+    # `vad run` writes every process's endpoint here for Prometheus' file_sd_configs;
+    # default RUN_DIR/prometheus/targets.json.
+    targets_file: str | None = None
 
     def __post_init__(self):
         if not 1 <= self.base_port <= 65000:
             raise ValueError(f"metrics base_port must be in 1..65000, got {self.base_port}")
+
+
+@dataclass
+class SupervisorConfig:
+    restart: bool = True  # restart a stage process that exits unexpectedly; false: stop the pipeline instead
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0))  # wait before a restart
+    stable_seconds: float = 30.0  # a stage that ran this long is healthy: its next restart waits initial_seconds
+
+    def __post_init__(self):
+        if self.stable_seconds <= 0:
+            raise ValueError("stable_seconds must be > 0")
+
+
+@dataclass
+class CurveConfig:
+    """ZeroMQ CURVE on every tcp:// socket: encrypted, and only listed client keys may connect."""
+
+    enabled: bool = False
+    # The pipeline's key pair (NAME.key_secret from `vad keys generate`): binding stages serve with it,
+    # connecting stages present it. Every host of one pipeline uses the same pair.
+    secret_key: str | None = None
+    # Folder of public keys (*.key) allowed to connect: the pipeline's own, and one per alert subscriber.
+    authorized_keys: str | None = None
+
+    def __post_init__(self):
+        if not self.enabled:
+            return
+        problems = []
+        if not self.secret_key:
+            problems.append("secret_key: required when curve is enabled (a .key_secret file: vad keys generate)")
+        else:
+            try:
+                security.load_key_pair(self.secret_key)
+            except ValueError as e:
+                problems.append(f"secret_key: {e}")
+        if not self.authorized_keys or not Path(self.authorized_keys).is_dir():
+            problems.append(f"authorized_keys: {self.authorized_keys!r} is not a folder of public keys (*.key)")
+        if problems:
+            raise typed_config.ConfigError(problems)
+
+
+@dataclass
+class SecurityConfig:
+    allow_remote: bool = False  # let endpoints and metrics use addresses beyond loopback (other hosts)
+    curve: CurveConfig = field(default_factory=CurveConfig)
 
 
 @dataclass
@@ -142,6 +207,8 @@ class PipelineConfig:
     alerter: AlerterConfig = field(default_factory=AlerterConfig)
     messaging: MessagingConfig = field(default_factory=MessagingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self):
         if not self.cameras:
@@ -156,15 +223,40 @@ class PipelineConfig:
             camera.patches_endpoint = camera.patches_endpoint or self._ipc(f"{camera.id}.patches")
         self.alerter.scores_endpoint = self.alerter.scores_endpoint or self._ipc("scores")
         self.alerter.event_log = self.alerter.event_log or os.path.join(self.run_dir, "events.sqlite")
-        for endpoint in self.endpoints():
-            check_endpoint(endpoint)
+        self.metrics.targets_file = self.metrics.targets_file or os.path.join(
+            self.run_dir, "prometheus", "targets.json"
+        )
+        problems = [
+            f"{where}: {problem}" for where, endpoint in self.endpoints() if (problem := endpoint_problem(endpoint))
+        ]
+        if self.metrics.enabled and self.metrics.base_port + len(stage_refs(self)) > 65535:
+            problems.append(f"metrics.base_port: {self.metrics.base_port} leaves too few ports for every process")
+        if not self.security.allow_remote:
+            remote = [(where, e) for where, e in self.endpoints() if e.startswith("tcp://") and not is_loopback(e)]
+            if self.metrics.enabled and not is_loopback(f"tcp://{self.metrics.host}:0"):
+                remote.append(("metrics.host", self.metrics.host))
+            problems += [
+                f"{where}: {address} is reachable from other hosts; set security.allow_remote: true to allow that "
+                "(and consider security.curve)"
+                for where, address in remote
+            ]
+        if problems:
+            raise typed_config.ConfigError(problems)
 
     def _ipc(self, name: str) -> str:
         return f"ipc://{os.path.join(self.run_dir, name)}"
 
-    def endpoints(self) -> list[str]:
-        links = [e for c in self.cameras for e in (c.frames_endpoint, c.patches_endpoint)]
-        return links + [self.alerter.scores_endpoint, self.alerter.events_endpoint]
+    def endpoints(self) -> list[tuple[str, str]]:
+        """(setting, endpoint) for every ZeroMQ endpoint of the config."""
+        links = [
+            (f"cameras[{i}].{name}", getattr(camera, name))
+            for i, camera in enumerate(self.cameras)
+            for name in ("frames_endpoint", "patches_endpoint")
+        ]
+        return links + [
+            ("alerter.scores_endpoint", self.alerter.scores_endpoint),
+            ("alerter.events_endpoint", self.alerter.events_endpoint),
+        ]
 
     def camera(self, camera_id: str) -> CameraConfig:
         for camera in self.cameras:
@@ -173,12 +265,24 @@ class PipelineConfig:
         raise typed_config.ConfigError([f"no camera {camera_id!r} in cameras (have {[c.id for c in self.cameras]})"])
 
 
-def check_endpoint(endpoint: str) -> None:
+def endpoint_problem(endpoint: str) -> str | None:
     if endpoint.startswith("ipc://"):
         if len(endpoint) - len("ipc://") > IPC_PATH_LIMIT:
-            raise ValueError(f"ipc path too long for a Unix socket (shorten run_dir or use tcp://): {endpoint}")
+            return f"ipc path too long for a Unix socket (shorten run_dir or use tcp://): {endpoint}"
     elif not endpoint.startswith("tcp://"):
-        raise ValueError(f"endpoints must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+        return f"endpoints must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}"
+    return None
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a tcp://HOST:PORT endpoint names this host's loopback interface only."""
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', an interface name or a host name: reachable from elsewhere
+        return False
 
 
 @dataclass(frozen=True)
@@ -205,6 +309,10 @@ def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
 
 def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:
     return cfg.metrics.base_port + stage_refs(cfg).index(ref)
+
+
+def supervisor_metrics_port(cfg: PipelineConfig) -> int:
+    return cfg.metrics.base_port + len(stage_refs(cfg))
 
 
 def free_port_base(count: int, host: str = "127.0.0.1", preferred: int | None = None, tries: int = 100) -> int:

@@ -47,6 +47,7 @@ def score_ped2_pipeline(
             "scorer": {"processes": scorers, "device": device, "threads": threads},
             "alerter": {"events_endpoint": f"ipc://{run_dir}/events", "score_log": str(score_log), "exit_at_end": True},
             "metrics": {"enabled": False},
+            "supervisor": {"restart": False},  # a restarted capture would play the clips again: fail instead
         }
         config_path = run_dir / "pipeline.yaml"
         config_path.write_text(yaml.safe_dump(config))

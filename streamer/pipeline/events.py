@@ -4,8 +4,11 @@ An event opens (`start`) when a frame's smoothed score reaches the threshold,
 sends an `update` every `update_every` frames while open, and ends (`end`) after
 `end_after` frames in a row below the threshold, so a bicycle crossing for 80
 frames is one event. An event also ends when its recording does: the source
-ends, a new recording starts (new clip, reconnected camera), or the pipeline
-shuts down; `reason` says which.
+ends, a new recording starts (new clip, reconnected or restarted camera), or the
+pipeline shuts down; `reason` says which. An event left open by an alerter that
+was killed is ended with reason `restart` when the next alerter starts (from its
+last record in the log): its frames after the kill are not known, so it is not
+resumed, and an anomaly still in view starts a new event.
 """
 
 from __future__ import annotations
@@ -101,30 +104,84 @@ class EventTracker:
         }
 
 
+class EventLogError(RuntimeError):
+    """The event log cannot be opened or written (disk full, read-only, missing folder...)."""
+
+
 class EventLog:
-    """Durable local log of events: SQLite in WAL mode, each event committed (fsync) before it is published."""
+    """Durable local log of events: SQLite in WAL mode, each event committed (fsync) before it is published.
+
+    Opened on first use, and again after a failure, so a log that cannot be opened
+    yet is retried like a write that failed. Every failure is an EventLogError.
+    """
 
     def __init__(self, path: str | os.PathLike):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, "
-            "camera TEXT NOT NULL, type TEXT NOT NULL, time REAL NOT NULL, body TEXT NOT NULL)"
-        )
+        self.path = Path(path)
+        self.db: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self.db is not None:
+            return self.db
+        db = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(self.path), isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, "
+                "camera TEXT NOT NULL, type TEXT NOT NULL, time REAL NOT NULL, body TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS events_by_event_id ON events (event_id)")
+        except (sqlite3.Error, OSError) as e:
+            if db is not None:
+                db.close()
+            raise EventLogError(f"cannot open {self.path}: {e}") from None
+        self.db = db
+        return db
 
     def append(self, event: dict) -> str:
         """Commit the event; returns its JSON text, ready to publish."""
         body = json.dumps(event, separators=(",", ":"))
-        self.db.execute(
-            "INSERT INTO events (event_id, camera, type, time, body) VALUES (?, ?, ?, ?, ?)",
-            (event["event_id"], event["camera"], event["type"], event["time"], body),
-        )
+        try:
+            self._connection().execute(
+                "INSERT INTO events (event_id, camera, type, time, body) VALUES (?, ?, ?, ?, ?)",
+                (event["event_id"], event["camera"], event["type"], event["time"], body),
+            )
+        except sqlite3.Error as e:
+            self.close()  # the next try reopens: the file may have been replaced or remounted meanwhile
+            raise EventLogError(f"cannot write to {self.path}: {e}") from None
         return body
 
+    def open_events(self) -> list[dict]:
+        """The last record of each event that has no end, oldest first."""
+        try:
+            rows = self._connection().execute(
+                "SELECT body FROM events WHERE id IN (SELECT MAX(id) FROM events GROUP BY event_id) "
+                "AND type != 'end' ORDER BY id"
+            )
+            return [json.loads(body) for (body,) in rows]
+        except sqlite3.Error as e:
+            raise EventLogError(f"cannot read {self.path}: {e}") from None
+
+    def check_writable(self) -> None:
+        """EventLogError unless this process can write the log (a write lock, taken and given back)."""
+        try:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise EventLogError(f"cannot write to {self.path}: {e}") from None
+
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def closed_by_restart(last: dict) -> dict:
+    """The end of an event a killed alerter left open, from its last logged record."""
+    return {**last, "type": "end", "reason": "restart", "time": time.time(), "score": None, "boxes": []}
 
 
 def read_events(path: str | os.PathLike) -> list[dict]:

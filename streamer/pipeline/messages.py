@@ -20,15 +20,18 @@ capture process run, so a restarted capture (seq from 0 again) is recognised.
 `reset` marks the first frame of a new recording (a new clip, a reconnected
 camera): stateful stages forget the past there.
 
-All checking happens in `decode`: sizes first, then header fields and types, then
-the array descriptors against the buffers that arrived. Anything wrong raises
-`MessageError` with a short reason for the rejection metric; stages count the
-message and carry on.
+All checking happens in `receive` and `decode`: the number of parts first (a
+hostile peer could send millions of empty ones), then sizes, then header fields
+and types, then the array descriptors against the buffers that arrived. Anything
+wrong raises `MessageError` with a short reason for the rejection metric; stages
+count the message and carry on. Receiving sockets also set ZeroMQ's MAXMSGSIZE
+(runtime.make_socket), so libzmq refuses an oversized part before allocating it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -37,6 +40,8 @@ import zmq
 
 VERSION = 1
 MAX_HEADER_BYTES = 4096
+MAX_INT = 2**63  # header integers beyond this are not from a real stream
+MAX_FRAME_SIDE = 16384  # pixels; bounds the patch grid a frame_shape can make a stage compute
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # Header fields by kind; "number" accepts int or float, "shape" is a [height, width] pair.
@@ -70,6 +75,7 @@ ARRAYS: dict[str, list[tuple[str, int, str]]] = {
     "scores": [("patch_scores", 1, "float32")],
     "end": [],
 }
+MAX_PARTS = 1 + max(len(arrays) for arrays in ARRAYS.values())
 
 
 class MessageError(ValueError):
@@ -118,6 +124,23 @@ def send(socket: zmq.Socket, parts: list, flags: int = 0) -> None:
     socket.send_multipart(parts, flags=flags, copy=False)
 
 
+def receive(socket: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """One multipart message's parts, without copies; MessageError if it has more than MAX_PARTS.
+
+    The surplus parts of an overlong message are read and dropped one by one, never all held.
+    """
+    frame = socket.recv(flags, copy=False)
+    parts, count = [frame], 1
+    while frame.more:
+        frame = socket.recv(copy=False)
+        count += 1
+        if count <= MAX_PARTS:
+            parts.append(frame)
+    if count > MAX_PARTS:
+        raise MessageError("malformed", f"{count} parts, at most {MAX_PARTS} expected")
+    return parts
+
+
 def decode(parts: list, max_bytes: int) -> Message:
     """Check and unpack received parts (zmq.Frame or bytes); arrays are views of the received buffers, not copies."""
     buffers = [memoryview(p.buffer if isinstance(p, zmq.Frame) else p) for p in parts]
@@ -127,11 +150,15 @@ def decode(parts: list, max_bytes: int) -> Message:
     if not buffers or buffers[0].nbytes > MAX_HEADER_BYTES:
         raise MessageError("malformed", f"missing header or header over {MAX_HEADER_BYTES} bytes")
     try:
-        header = json.loads(bytes(buffers[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MessageError("malformed", f"header is not JSON ({e})") from None
+        header = json.loads(bytes(buffers[0]), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, NaN/Infinity, nesting too deep
+        raise MessageError("malformed", f"header is not plain JSON ({type(e).__name__}: {e})") from None
     check_header(header)
     return Message(header, _arrays(header, buffers[1:]))
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number a stage can use")
 
 
 def check_header(header) -> None:
@@ -156,11 +183,15 @@ def check_header(header) -> None:
 
 def _is(kind: str, value) -> bool:
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT < value < MAX_INT
     if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return _is("int", value) or (isinstance(value, float) and math.isfinite(value))  # 1e999 parses as inf
     if kind == "shape":
-        return isinstance(value, list) and len(value) == 2 and all(_is("int", v) and v > 0 for v in value)
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_is("int", v) and 0 < v <= MAX_FRAME_SIDE for v in value)
+        )
     return isinstance(value, {"str": str, "bool": bool, "list": list}[kind])
 
 
@@ -181,7 +212,7 @@ def _arrays(header: dict, buffers: list[memoryview]) -> dict[str, np.ndarray]:
             or info.get("dtype") != dtype
         ):
             raise MessageError("malformed", f"array {name!r} must be {ndim}-D {dtype}, header says {info!r}")
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        expected = math.prod(shape) * np.dtype(dtype).itemsize  # exact: a huge claimed shape cannot wrap around
         if buffer.nbytes != expected:
             raise MessageError("malformed", f"array {name!r} {shape} {dtype} is {expected} bytes, got {buffer.nbytes}")
         arrays[name] = np.frombuffer(buffer, dtype=dtype).reshape(shape)

@@ -19,6 +19,7 @@ from ..scoring import gate_mask
 from . import messages, telemetry
 from .config import PipelineConfig
 from .runtime import Inbox, make_socket, send_blocking
+from .security import curve_for
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,15 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
     gated = telemetry.PATCHES_GATED.labels(camera.id)
     gate_text = f"motion >= {gate['motion_threshold']:g}" if gate else "off"
     log.info("%s: %s patches at %s, gate %s", camera.id, card.patch.motion, card.patch.frame_size, gate_text)
-    with zmq.Context() as ctx:
+    with zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         inbox = Inbox(
-            make_socket(ctx, zmq.PULL, camera.frames_endpoint, bind=False, messaging=cfg.messaging),
+            make_socket(ctx, zmq.PULL, camera.frames_endpoint, bind=False, messaging=cfg.messaging, curve=curve),
             "patcher",
             stop,
             cfg.messaging,
+            connected=(camera.frames_endpoint,),
         )
-        out = make_socket(ctx, zmq.PUSH, camera.patches_endpoint, bind=True, messaging=cfg.messaging)
+        out = make_socket(ctx, zmq.PUSH, camera.patches_endpoint, bind=True, messaging=cfg.messaging, curve=curve)
 
         def patch_message(message: messages.Message) -> list:
             if message.camera != camera.id:
@@ -69,6 +71,6 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
             stage_time.observe(time.perf_counter() - started)
             if parts is not None and not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
                 log.warning("%s: downstream gone during shutdown; frame %d not passed on", camera.id, message.seq)
-        inbox.socket.close()
+        inbox.close()
         out.close()
     return 0

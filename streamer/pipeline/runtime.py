@@ -16,10 +16,12 @@ import time
 from collections import Counter
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import telemetry
 from .config import MessagingConfig
-from .messages import Message, MessageError, decode, send
+from .messages import Message, MessageError, decode, receive, send
+from .security import Curve
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,21 @@ def _watch_parent(pid: int, stop: threading.Event) -> None:
             stop.set()
 
 
-def make_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, messaging: MessagingConfig) -> zmq.Socket:
-    """A socket with small high-water marks (backpressure), bounded linger and interruptible sends."""
+def make_socket(
+    ctx: zmq.Context, kind: int, endpoint: str, bind: bool, messaging: MessagingConfig, curve: Curve | None = None
+) -> zmq.Socket:
+    """A socket with small high-water marks (backpressure), bounded linger and interruptible sends.
+
+    MAXMSGSIZE: libzmq drops the connection of a peer that sends a part larger than the
+    message limit, before allocating it (the sender's numbered frame is then counted lost
+    downstream); `decode` checks the total of all parts. With `curve` (security.curve)
+    a binding socket is a CURVE server, a connecting one a client; set before the
+    first bind or connect, the keys hold for every endpoint the socket is given.
+    """
     socket = ctx.socket(kind)
+    if curve is not None:
+        (curve.server if bind else curve.client)(socket)
+    socket.setsockopt(zmq.MAXMSGSIZE, messaging.max_message_bytes)
     socket.setsockopt(zmq.SNDHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.RCVHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.LINGER, int(messaging.linger_seconds * 1000))
@@ -85,17 +99,56 @@ def send_blocking(socket: zmq.Socket, parts: list, stop: threading.Event, linger
 
 
 class Inbox:
-    """Receives and checks messages on one socket; rejected ones are counted, logged and dropped."""
+    """Receives and checks messages on one socket; rejected ones are counted, logged and dropped.
 
-    def __init__(self, socket: zmq.Socket, stage: str, stop: threading.Event, messaging: MessagingConfig):
+    `connected`: the endpoints the socket connected to. libzmq does not reconnect a
+    connection it dropped for a protocol error, which includes a part over MAXMSGSIZE,
+    so one oversized message would cut the stage off its upstream for good; the inbox
+    watches for dropped connections and makes them again.
+    """
+
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        stage: str,
+        stop: threading.Event,
+        messaging: MessagingConfig,
+        connected: tuple[str, ...] = (),
+    ):
         self.socket = socket
         self.stage = stage
         self.stop = stop
         self.max_bytes = messaging.max_message_bytes
         self.linger_seconds = messaging.linger_seconds
+        self.connected = connected
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED) if connected else None
+        self._drops = 0
         self._deadline: float | None = None
         self._drained = False
         self._rejections: Counter[str] = Counter()
+
+    def _reconnect_dropped(self) -> None:
+        while self._monitor is not None and self._monitor.poll(0):
+            endpoint = recv_monitor_message(self._monitor)["endpoint"].decode()
+            if endpoint not in self.connected:
+                continue
+            self._drops += 1
+            if self._drops in (1, 10, 100) or self._drops % 1000 == 0:
+                log.warning(
+                    "%s: connection to %s dropped (%d so far: the peer restarted, or sent a message over "
+                    "max_message_bytes); connecting again",
+                    self.stage,
+                    endpoint,
+                    self._drops,
+                )
+            self.socket.disconnect(endpoint)
+            self.socket.connect(endpoint)
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close()
+        self.socket.close()
 
     def open(self) -> bool:
         """False once a stop was requested and the input went quiet (or the linger time ran out)."""
@@ -106,27 +159,27 @@ class Inbox:
 
     def receive(self, timeout: float = IDLE_SECONDS) -> Message | None:
         """The next good message, or None when none arrived within `timeout` seconds."""
+        self._reconnect_dropped()
         if not self.socket.poll(int(timeout * 1000)):
             self._drained = self.stop.is_set()
             return None
-        return self._checked(self.socket.recv_multipart(copy=False))
+        return self._checked()
 
     def receive_more(self, limit: int) -> list[Message]:
         """Up to `limit` more messages that are already waiting, without blocking."""
         found = []
         while len(found) < limit:
             try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                message = self._checked(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            message = self._checked(parts)
             if message is not None:
                 found.append(message)
         return found
 
-    def _checked(self, parts: list) -> Message | None:
+    def _checked(self, flags: int = 0) -> Message | None:
         try:
-            return decode(parts, self.max_bytes)
+            return decode(receive(self.socket, flags), self.max_bytes)
         except MessageError as e:
             self.reject(e)
             return None

@@ -22,6 +22,7 @@ from . import messages, telemetry
 from .config import PipelineConfig, scoring_settings
 from .messages import Message, MessageError
 from .runtime import Inbox, make_socket, send_blocking
+from .security import curve_for
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
     )
     log.info("scorer %d: %s on %s, %d threads", index, model.path.name, model.provider, cfg.scorer.threads)
     batch_time = telemetry.STAGE_SECONDS.labels("scorer")
-    with zmq.Context() as ctx:
-        socket = make_socket(ctx, zmq.PULL, cfg.cameras[0].patches_endpoint, bind=False, messaging=cfg.messaging)
+    with zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
+        socket = make_socket(
+            ctx, zmq.PULL, cfg.cameras[0].patches_endpoint, bind=False, messaging=cfg.messaging, curve=curve
+        )
         for camera in cfg.cameras[1:]:
             socket.connect(camera.patches_endpoint)
-        inbox = Inbox(socket, "scorer", stop, cfg.messaging)
-        out = make_socket(ctx, zmq.PUSH, cfg.alerter.scores_endpoint, bind=False, messaging=cfg.messaging)
+        inbox = Inbox(socket, "scorer", stop, cfg.messaging, connected=tuple(c.patches_endpoint for c in cfg.cameras))
+        out = make_socket(ctx, zmq.PUSH, cfg.alerter.scores_endpoint, bind=False, messaging=cfg.messaging, curve=curve)
 
         def forward(parts: list) -> None:
             if not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):

@@ -1,4 +1,4 @@
-"""`vad run`: start every stage of a config as its own OS process, watch them, stop them in order.
+"""`vad run`: start every stage of a config as its own OS process, keep them running, stop them in order.
 
 Each stage is `python -m streamer.cli stage NAME --config FILE`, the same command
 that runs a stage alone on another host. Children get their own session, so a
@@ -6,12 +6,23 @@ terminal's Ctrl-C reaches only the supervisor, which then stops the stages
 upstream first (capture, patch, scorer, alerter): each finishes what it was sent
 before it exits, and the alerter closes open events, so nothing in flight is lost.
 
-A stage that exits with an error stops the whole pipeline (exit status != 0), for
-a service manager to restart. A finished alerter (`exit_at_end`) ends the run.
+A stage that exits while the pipeline runs (a crash, kill -9, the OOM killer) is
+started again after a wait that doubles with each failure in a row (capped at
+supervisor.backoff.max_seconds; a stage that ran supervisor.stable_seconds starts
+over from the first wait). Every restart is logged and counted
+(vad_stage_restarts_total); a crash loop is logged as one, and the daemon stays up.
+With supervisor.restart: false (evaluations: a restarted recording would be scored
+twice) a failed stage stops the whole pipeline instead, with its exit status. A
+finished alerter (`alerter.exit_at_end`) ends the run.
+
+`run` also serves the supervisor's own /metrics (vad_stage_up, the restarts) on the
+port after the stages' and writes every process's metrics endpoint to
+metrics.targets_file, for Prometheus' file-based service discovery.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,23 +32,59 @@ import threading
 import time
 from pathlib import Path
 
-from ..model import PatchModel
+from ..config import ConfigError
+from ..model import ModelError, PatchModel
+from ..sources import SourceError
+from . import telemetry
 from .capture import recorded_sources
-from .config import PipelineConfig, StageRef, stage_refs
+from .config import PipelineConfig, StageRef, metrics_port, stage_refs, supervisor_metrics_port
+from .events import EventLog, EventLogError
 from .runtime import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
 STOP_ORDER = ("capture", "patcher", "scorer", "alerter")
 POLL_SECONDS = 0.2
+CRASH_LOOP = 5  # failures in a row, each within stable_seconds of its start, reported as a crash loop
 
 
 def preflight(cfg: PipelineConfig) -> None:
-    """Fail before starting anything on what would fail in a stage: the model, recorded sources."""
-    PatchModel(cfg.model, device="cpu", threads=1)
-    for camera in cfg.cameras:
+    """Fail before starting anything on what would fail in a stage: the model, recorded sources, the event log.
+
+    Every problem is reported, each with the setting it comes from, as one ConfigError.
+    """
+    problems = []
+    try:
+        PatchModel(cfg.model, device="cpu", threads=1)
+    except ModelError as e:
+        problems.append(f"model: {e}")
+    for i, camera in enumerate(cfg.cameras):
         if camera.source_kind not in ("camera", "url"):
-            recorded_sources(camera)
+            try:
+                recorded_sources(camera)
+            except SourceError as e:
+                problems.append(f"cameras[{i}].source: {e}")
+    event_log = EventLog(cfg.alerter.event_log)
+    try:
+        event_log.check_writable()
+    except EventLogError as e:
+        problems.append(f"alerter.event_log: {e}")
+    finally:
+        event_log.close()
+    if problems:
+        raise ConfigError(problems)
+
+
+class Child:
+    """One stage process and its restart state."""
+
+    def __init__(self, ref: StageRef):
+        self.ref = ref
+        self.process: subprocess.Popen | None = None
+        self.started = 0.0  # time.monotonic() of the last start
+        self.failures = 0  # exits in a row, each before the stage ran stable_seconds
+        self.restart_at: float | None = None  # when a restart is due
+        self.up = telemetry.STAGE_UP.labels(ref.label)
 
 
 class Supervisor:
@@ -48,7 +95,7 @@ class Supervisor:
         self.cfg = cfg
         self.log_level = log_level
         self.stop_timeout = stop_timeout
-        self.processes: dict[StageRef, subprocess.Popen] = {}
+        self.children = {ref: Child(ref) for ref in stage_refs(cfg)}
 
     def command(self, ref: StageRef) -> list[str]:
         cmd = [sys.executable, "-m", "streamer.cli", "--log-level", self.log_level, "stage", ref.name]
@@ -61,42 +108,100 @@ class Supervisor:
 
     def start(self) -> None:
         Path(self.cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        for ref in stage_refs(self.cfg):
-            self.processes[ref] = subprocess.Popen(
-                self.command(ref), start_new_session=True, env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
-            )
-            log.info("started %s (pid %d)", ref.label, self.processes[ref].pid)
+        for child in self.children.values():
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        restart = child.restart_at is not None
+        child.process = subprocess.Popen(
+            self.command(child.ref),
+            start_new_session=True,
+            env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())},
+        )
+        child.started, child.restart_at = time.monotonic(), None
+        child.up.set(1)
+        if restart:
+            telemetry.STAGE_RESTARTS.labels(child.ref.label).inc()
+        log.info("%s %s (pid %d)", "restarted" if restart else "started", child.ref.label, child.process.pid)
 
     def poll(self) -> int | None:
-        """None while the pipeline runs; its exit status once it is over."""
-        for ref, process in self.processes.items():
-            code = process.poll()
+        """Restart what exited and is due; None while the pipeline runs, its exit status once it is over."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.process is None:
+                if child.restart_at is not None and now >= child.restart_at:
+                    self._start(child)
+                continue
+            code = child.process.poll()
             if code is None:
                 continue
-            if code == 0 and ref.name == "alerter":
+            if code == 0 and child.ref.name == "alerter" and self.cfg.alerter.exit_at_end:
                 log.info("alerter finished: the pipeline is done")
                 return 0
-            log.error("%s exited unexpectedly (status %d): stopping the pipeline", ref.label, code)
-            return code if code > 0 else 1
+            child.process = None
+            child.up.set(0)
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            if not self.cfg.supervisor.restart:
+                log.error("%s %s: stopping the pipeline", child.ref.label, how)
+                return code if code > 0 else 1
+            self._schedule_restart(child, how, now)
         return None
+
+    def _schedule_restart(self, child: Child, how: str, now: float) -> None:
+        ran = now - child.started
+        if ran >= self.cfg.supervisor.stable_seconds:
+            child.failures = 0
+        delay = self.cfg.supervisor.backoff.delay(child.failures)
+        child.failures += 1
+        child.restart_at = now + delay
+        if child.failures >= CRASH_LOOP:
+            log.error(
+                "%s %s after %.1f s: crash loop, %d failures in a row; next try in %.1f s",
+                child.ref.label,
+                how,
+                ran,
+                child.failures,
+                delay,
+            )
+        else:
+            log.warning("%s %s after %.1f s: restarting it in %.1f s", child.ref.label, how, ran, delay)
 
     def stop(self) -> None:
         """Stop the stages upstream first, each group given `stop_timeout` seconds before it is killed."""
         for name in STOP_ORDER:
-            group = [p for ref, p in self.processes.items() if ref.name == name and p.poll() is None]
-            for process in group:
-                process.send_signal(signal.SIGTERM)
+            group = [c for c in self.children.values() if c.ref.name == name]
+            for child in group:
+                child.restart_at = None
+                if child.process is not None and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
-            for process in group:
+            for child in group:
+                if child.process is None:
+                    continue
                 try:
-                    process.wait(max(0.0, deadline - time.monotonic()))
+                    child.process.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    log.error("%s (pid %d) did not stop in %.0f s: killing it", name, process.pid, self.stop_timeout)
-                    process.kill()
-                    process.wait()
+                    log.error(
+                        "%s (pid %d) did not stop in %.0f s: killing it", name, child.process.pid, self.stop_timeout
+                    )
+                    child.process.kill()
+                    child.process.wait()
+                child.up.set(0)
+
+    def serve_metrics(self) -> None:
+        """The supervisor's /metrics, and every process's endpoint in the Prometheus targets file."""
+        if not self.cfg.metrics.enabled:
+            return
+        port = supervisor_metrics_port(self.cfg)
+        try:
+            telemetry.serve(self.cfg.metrics.host, port)
+        except OSError as e:
+            raise ConfigError([f"metrics: cannot serve on {self.cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
+        write_targets(self.cfg)
 
     def run(self, stop: threading.Event) -> int:
         """Start, watch until done, failed or asked to stop; then stop everything."""
+        self.serve_metrics()
         self.start()
         try:
             code = None
@@ -106,3 +211,18 @@ class Supervisor:
         finally:
             self.stop()
         return code or 0
+
+
+def write_targets(cfg: PipelineConfig) -> None:
+    """Prometheus file_sd targets: one per process, labelled `process`; replaced atomically."""
+    host = cfg.metrics.host if cfg.metrics.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    address = f"[{host}]" if ":" in host else host
+    ports = [(ref.label, metrics_port(cfg, ref)) for ref in stage_refs(cfg)]
+    ports.append(("supervisor", supervisor_metrics_port(cfg)))
+    targets = [{"targets": [f"{address}:{port}"], "labels": {"process": label}} for label, port in ports]
+    path = Path(cfg.metrics.targets_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(targets, indent=1) + "\n")
+    os.replace(temporary, path)
+    log.info("Prometheus targets in %s", path)

@@ -1,8 +1,10 @@
 """Prometheus metrics of the pipeline: every name in one place.
 
-Each stage process serves its own /metrics (port from the config). Labels stay
-low-cardinality: camera ids come from the config (messages naming other cameras
-are rejected before they reach a metric), stages and reasons are fixed words.
+Each stage process serves its own /metrics (port from the config), and so does
+the supervisor (`vad run`). Labels stay low-cardinality: camera ids come from the
+config (messages naming other cameras are rejected before they reach a metric),
+stages and reasons are fixed words, and the supervisor's `stage` label names one
+of the config's stage processes (e.g. "capture[entrance]", "scorer[0]").
 The default registry also carries the process collector, so every endpoint
 reports `process_resident_memory_bytes` and CPU time.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 
 FRAMES_CAPTURED = Counter("vad_frames_captured", "Frames read from the source and sent on", ["camera"])
 FRAMES_DROPPED = Counter(
     "vad_frames_dropped",
-    "Frames lost: backpressure (live source, downstream slow), lost (never reached the alerter)",
+    "Frames not scored: backpressure (live source, downstream slow), lost (sent but never reached the alerter: "
+    "a stage killed with frames in flight, a refused message), unreadable (bad image file), "
+    "oversized (larger than messaging.max_message_bytes)",
     ["camera", "reason"],
 )
 FRAMES_SCORED = Counter("vad_frames_scored", "Frames scored by the model", ["camera"])
@@ -53,6 +57,35 @@ MESSAGES_REJECTED = Counter(
     "vad_messages_rejected", "Messages dropped as unusable (malformed, oversized, ...)", ["stage", "reason"]
 )
 MODEL_INFO = Info("vad_model", "The model this scorer runs")
+
+# The supervisor's.
+STAGE_UP = Gauge("vad_stage_up", "1 while the stage process runs, 0 while it waits to be restarted", ["stage"])
+STAGE_RESTARTS = Counter(
+    "vad_stage_restarts", "Times the supervisor started a stage process again after it exited unexpectedly", ["stage"]
+)
+
+# The alerter's. Registered by the alerter only (`register_alerter_metrics`): a gauge at 0 in
+# every other process would read as an event log that is down.
+EVENT_LOG_UP = Gauge("vad_event_log_up", "1 while the event log takes writes, 0 while writing fails", registry=None)
+EVENT_LOG_ERRORS = Counter(
+    "vad_event_log_errors", "Failed attempts to open or write the event log (disk full, read-only, ...)", registry=None
+)
+EVENT_LOG_HELD = Gauge(
+    "vad_event_log_held", "Events waiting, unpublished, for the event log to take writes again", registry=None
+)
+EVENTS_LOST = Counter(
+    "vad_events_lost",
+    "Events dropped because the event log stayed unwritable while alerter.max_held_events waited",
+    registry=None,
+)
+
+
+def register_alerter_metrics() -> None:
+    for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST):
+        try:
+            REGISTRY.register(metric)
+        except ValueError:  # already registered (an alerter run before in this process: tests)
+            pass
 
 
 def serve(host: str, port: int) -> None:

@@ -1,0 +1,157 @@
+"""An event log that cannot be written: events wait unpublished, the failure is a metric and a log line,
+and everything goes out in order once the log takes writes again; events a killed alerter left open."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+
+import zmq
+from prometheus_client import REGISTRY
+
+from streamer.model import ModelCard, card_path_for
+from streamer.pipeline import config as pipeline_config
+from streamer.pipeline.events import EventLog, read_events
+from streamer.pipeline.outbox import EVENT_TOPIC, Outbox
+
+from .pipeline_helpers import (
+    receive_events,
+    running,
+    sample,
+    scores_parts,
+    scrape,
+    short_dir,
+    subscriber,
+    try_scrape,
+    wait_for,
+    write_config,
+)
+
+
+def event(event_id: str, kind: str, seq: int) -> dict:
+    return {
+        "event_id": event_id,
+        "camera": "cam1",
+        "type": kind,
+        "reason": None,
+        "seq": seq,
+        "time": 100.0 + seq,
+        "score": 2.0,
+    }
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def published_events(published: list) -> list[tuple[str, str]]:
+    assert all(topic == EVENT_TOPIC for topic, _ in published)
+    return [(e["event_id"], e["type"]) for e in (json.loads(body) for _, body in published)]
+
+
+def test_events_wait_unpublished_while_the_log_cannot_be_opened_then_go_out_in_order(tmp_path):
+    blocker = tmp_path / "mount"
+    blocker.write_text("a file where the log's folder should be")  # unwritable, even for root
+    published: list = []
+    outbox = Outbox(EventLog(blocker / "events.sqlite"), published.append, retry_seconds=5.0, max_held=100)
+    errors = metric("vad_event_log_errors_total")
+    for seq, kind in enumerate(["start", "update", "end"]):
+        outbox.put(event("a", kind, seq))
+    assert published == [] and len(outbox.held) == 3
+    assert metric("vad_event_log_up") == 0 and metric("vad_event_log_held") == 3
+    assert metric("vad_event_log_errors_total") - errors == 1  # one try, then the next only after retry_seconds
+
+    blocker.unlink()
+    blocker.mkdir()  # the disk is back
+    outbox.flush()
+    assert published == []  # not before retry_seconds have passed
+    outbox.flush(now=outbox._next_try)
+    assert published_events(published) == [("a", "start"), ("a", "update"), ("a", "end")]
+    assert [e["type"] for e in read_events(blocker / "events.sqlite")] == ["start", "update", "end"]
+    assert metric("vad_event_log_up") == 1 and metric("vad_event_log_held") == 0
+
+
+def test_past_max_held_new_events_are_dropped_and_counted(tmp_path):
+    (tmp_path / "file").write_text("")
+    outbox = Outbox(EventLog(tmp_path / "file" / "events.sqlite"), [].append, retry_seconds=5.0, max_held=2)
+    lost = metric("vad_events_lost_total")
+    for seq in range(3):
+        outbox.put(event(f"e{seq}", "start", seq))
+    assert [e["event_id"] for e in outbox.held] == ["e0", "e1"]
+    assert metric("vad_events_lost_total") - lost == 1
+
+
+def test_events_left_open_are_ended_with_reason_restart_before_anything_new(tmp_path):
+    path = tmp_path / "events.sqlite"
+    earlier = EventLog(path)
+    for record in [
+        event("open", "start", 1),
+        event("done", "start", 2),
+        event("done", "end", 3),
+        event("open", "update", 4),
+    ]:
+        earlier.append(record)
+    earlier.close()
+    published: list = []
+    outbox = Outbox(EventLog(path), published.append, retry_seconds=1.0, max_held=100)
+    outbox.put(event("new", "start", 10))
+    assert published_events(published) == [("open", "end"), ("new", "start")]
+    ended = read_events(path)[-2]
+    assert ended["reason"] == "restart" and ended["seq"] == 4 and ended["boxes"] == [] and ended["score"] is None
+    assert EventLog(path).open_events()[0]["event_id"] == "new"
+
+
+def test_a_full_disk_holds_events_back_and_reports_it_until_there_is_room(tiny_model):
+    with short_dir() as run_dir:
+        fill_the_disk_under_the_alerter(run_dir, tiny_model)
+
+
+def fill_the_disk_under_the_alerter(run_dir, tiny_model):
+    card = ModelCard.load(card_path_for(tiny_model))
+    config = write_config(
+        run_dir,
+        tiny_model,
+        [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
+        alerter={"score_log": None, "log_retry_seconds": 0.2, "end_after": 2},
+    )
+    cfg = pipeline_config.load(config)
+    port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
+    log_file = run_dir / "log"
+    high = card.scoring.threshold * 3
+    with (
+        zmq.Context() as ctx,
+        ctx.socket(zmq.PUSH) as scorer,
+        subscriber(cfg.alerter.events_endpoint) as sub,
+        running("stage", "alerter", "--config", str(config), log=log_file) as (process, _),
+    ):
+        scorer.setsockopt(zmq.LINGER, 0)
+        scorer.connect(cfg.alerter.scores_endpoint)
+        wait_for(lambda: sample(try_scrape(port) or {}, "vad_event_log_up") == 1, 30, "the alerter and its log")
+        for seq in range(3):
+            scorer.send_multipart(scores_parts(card, seq, 0.0))
+        wait_for(lambda: sample(scrape(port), "vad_capture_to_alert_seconds_count", camera="cam1") == 3, 20, "3 frames")
+
+        # Disk full for the alerter: no file of it may grow past its present size (Python ignores SIGXFSZ,
+        # so a write past the limit fails with EFBIG, which SQLite reports as an I/O error).
+        files = [cfg.alerter.event_log, cfg.alerter.event_log + "-wal", log_file, run_dir / "state" / "alerter.json"]
+        limit = max(os.path.getsize(f) for f in files if os.path.exists(f)) + 1024
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        for seq in range(3, 9):  # an anomaly: an event starts, and updates
+            scorer.send_multipart(scores_parts(card, seq, high))
+        wait_for(lambda: sample(scrape(port), "vad_event_log_up") == 0, 20, "the alerter to report its log down")
+        assert receive_events(sub, 1.0) == []  # nothing published that the log does not have
+        families = scrape(port)
+        assert sample(families, "vad_event_log_errors_total") >= 1 and sample(families, "vad_event_log_held") >= 1
+        assert read_events(cfg.alerter.event_log) == []
+
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        for seq in range(9, 12):
+            scorer.send_multipart(scores_parts(card, seq, 0.0))  # the anomaly is over
+        wait_for(lambda: sample(scrape(port), "vad_event_log_held") == 0, 20, "the held events to be written")
+        published = receive_events(sub, 1.0)
+        logged = read_events(cfg.alerter.event_log)
+        assert published == logged and [e["type"] for e in logged][0] == "start" and logged[-1]["type"] == "end"
+        assert sample(scrape(port), "vad_event_log_up") == 1 and process.poll() is None
+    text = log_file.read_text()
+    assert "event log cannot write to" in text and "event log writable again" in text
