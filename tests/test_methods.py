@@ -181,7 +181,7 @@ def test_dec_refines_the_baselines_saved_sdae(synthetic_ped2, tiny_config, tmp_p
         return train_model(config.load(tiny_config, TrainConfig, overrides), progress=False)
 
     baseline = run("sdae_kmeans")
-    checkpoint = str(tmp_path / "sdae_kmeans.sdae.pt")
+    checkpoint = str(tmp_path / "sdae_kmeans.sdae.npz")
     dec = run("dec", checkpoint=checkpoint)
     assert dec.training["sdae_checkpoint"] == checkpoint
     assert dec.training["sdae_history"] == baseline.training["sdae_history"]

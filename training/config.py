@@ -65,7 +65,7 @@ class SDAEConfig:
     finetune_epochs: int = 4  # end to end
     batch_size: int = 256
     lr: float = 1e-3  # Adam, both stages
-    # OUT.sdae.pt of an earlier sdae_kmeans or dec run with the same data and layers: reuse that SDAE
+    # OUT.sdae.npz of an earlier sdae_kmeans or dec run with the same data and layers: reuse that SDAE
     # instead of training one (DEC then refines exactly the baseline's network).
     checkpoint: str | None = None
 

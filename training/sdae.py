@@ -9,6 +9,7 @@ Trained in two stages, with inputs corrupted by dropout:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -129,22 +130,25 @@ def train_sdae(
 
 
 def save_sdae(sdae: SDAE, history: dict, path: Path) -> None:
-    torch.save({"config": sdae.config, "state_dict": sdae.state_dict(), "history": history}, path)
+    """Weights as plain arrays in an .npz (no pickle), with the layer sizes and training history as JSON."""
+    arrays = {f"state.{name}": tensor.numpy() for name, tensor in sdae.state_dict().items()}
+    with open(path, "wb") as f:  # an open file: np.savez would append .npz to a path
+        np.savez(f, config=np.array(json.dumps(sdae.config)), history=np.array(json.dumps(history)), **arrays)
 
 
 def load_sdae(path: str | os.PathLike, inputs: int, cfg: SDAEConfig) -> tuple[SDAE, dict]:
     """An SDAE saved by `save_sdae`, checked against the layers this config asks for."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
+        with np.load(path, allow_pickle=False) as saved:
+            config, history = json.loads(str(saved["config"])), json.loads(str(saved["history"]))
+            state = {k[6:]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("state.")}
+    except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"cannot read SDAE checkpoint {path}: {e}") from None
     sdae = SDAE(inputs, tuple(cfg.hidden), cfg.bottleneck)
-    if saved.get("config") != sdae.config:
-        raise ValueError(
-            f"SDAE checkpoint {path} holds layers {saved.get('config')}, the config asks for {sdae.config}"
-        )
-    sdae.load_state_dict(saved["state_dict"])
-    return sdae.eval(), saved["history"]
+    if config != sdae.config:
+        raise ValueError(f"SDAE checkpoint {path} holds layers {config}, the config asks for {sdae.config}")
+    sdae.load_state_dict(state)
+    return sdae.eval(), history
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ def fit_centroid_method(
     else:
         sdae, history = train_sdae(cfg.sdae, inputs, train, val, rng, progress)
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        save_sdae(sdae, history, Path(cfg.out).with_suffix(".sdae.pt"))
+        save_sdae(sdae, history, Path(cfg.out).with_suffix(".sdae.npz"))
     encoder = SDAEEncoder(sdae)
     centres, kmeans_details = initial_centroids(encoder, train, cfg.dec.clusters, cfg.seed)
     details = {"sdae_history": history, "sdae_checkpoint": cfg.sdae.checkpoint, "kmeans": kmeans_details}
