@@ -66,7 +66,8 @@ def main() -> None:
             write_selection(
                 refs, chosen, labels, folder, args.model if arm == "selected" else None, fitting, args.k, seed, 1
             )
-            data = {"root": args.data, "frames_file": str(folder / "manifest.json")}
+            # the selection replaces the config's every-k-th-frame choice
+            data = {"root": args.data, "frames_file": str(folder / "manifest.json"), "frame_step": 1}
             overrides = {"threads": args.threads, "seed": seed, "out": str(folder / "nre"), "data": data}
             cfg = config.load(args.config, TrainConfig, overrides)
             card_out = train_model(cfg, progress=False)
