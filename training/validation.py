@@ -13,6 +13,7 @@ figure used to choose hyperparameters (see README).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from streamer.metrics import auc, eer, roc_curve
 from streamer.model import PatchModel
 from streamer.patches import PatchExtractor, extract_patches, patches_from_frames
-from streamer.scoring import ScoringSettings, aggregate, calibrated_frame, gate_mask
+from streamer.scoring import aggregate, calibrated_frame, gate_mask, smooth_series
 from streamer.sources import FolderSource
 
 MOVING_DIFF = 4.0  # mean |frame difference| marking a patch as holding a moving person
@@ -31,23 +32,18 @@ def _moving_patches(previous: np.ndarray, current: np.ndarray, size: int, stride
     return np.flatnonzero(diff.reshape(len(diff), -1).mean(axis=1) >= MOVING_DIFF)
 
 
-def speed_proxy(
-    model: PatchModel,
-    folders: list[os.PathLike],
-    speedup: int = 2,
-    box: int = 48,
-    seed: int = 0,
-    settings: ScoringSettings | None = None,
-) -> dict:
-    """Frame-level EER and AUC of normal vs locally sped-up frames of the given clips.
+def proxy_frame_scores(
+    model: PatchModel, folders: list[os.PathLike], speedup: int = 2, box: int = 48, seed: int = 0
+) -> list[dict[int, dict[int, float]]]:
+    """Per clip: {frame t: {0: score as it is, 1: score with one person sped up}} (1 only where someone moves).
 
-    EER and AUC are None when the clips hold nobody moving to speed up.
+    Scores are the card's aggregated, calibrated frame scores before temporal smoothing.
     """
     card = model.card
-    spec, settings = card.patch, settings or card.scoring
+    spec = card.patch
     history = max(spec.history, 1)
     rng = np.random.default_rng(seed)
-    scores, labels = [], []
+    clips = []
     for folder in folders:
         extractor = PatchExtractor(spec)
         frames = [extractor.prepare(f.image) for f in FolderSource(folder)]
@@ -56,7 +52,7 @@ def speed_proxy(
         samples = []
         for t in range(speedup * history, len(frames)):
             normal = frames[t - spec.history : t + 1] if spec.history else [frames[t]]
-            samples.append((patches_from_frames(normal, spec), 0))
+            samples.append((t, 0, patches_from_frames(normal, spec)))
             moving = _moving_patches(frames[t - 1], frames[t], spec.size, spec.stride)
             if not len(moving):
                 continue
@@ -69,17 +65,60 @@ def speed_proxy(
                 past = frames[t - j].copy()
                 past[y0:y1, x0:x1] = frames[t - speedup * j][y0:y1, x0:x1]
                 faster.append(past)
-            samples.append((patches_from_frames(faster + [frames[t]], spec), 1))
-        active = [gate_mask(p, spec, card.gate) for p, _ in samples]
-        raw = model.raw_scores(np.concatenate([p[a] for (p, _), a in zip(samples, active)]))
-        offset = 0
-        for (patches, label), a in zip(samples, active):
+            samples.append((t, 1, patches_from_frames(faster + [frames[t]], spec)))
+        active = [gate_mask(p, spec, card.gate) for _, _, p in samples]
+        raw = model.raw_scores(np.concatenate([p[a] for (_, _, p), a in zip(samples, active)]))
+        offset, scores = 0, {}
+        for (t, label, _), a in zip(samples, active):
             n = int(a.sum())
-            scores.append(aggregate(calibrated_frame(raw[offset : offset + n], a, card.calibration), settings))
-            labels.append(label)
+            frame = calibrated_frame(raw[offset : offset + n], a, card.calibration)
+            scores.setdefault(t, {})[label] = aggregate(frame, card.scoring)
             offset += n
-    result = {"speedup": speedup, "frames": len(labels), "anomalous": int(np.sum(labels)), "eer": None, "auc": None}
+        clips.append(scores)
+    return clips
+
+
+def _roc_summary(scores: list[float], labels: list[int]) -> dict:
+    result = {"frames": len(labels), "anomalous": int(np.sum(labels)), "eer": None, "auc": None}
     if 0 < result["anomalous"] < len(labels):
         fpr, tpr, _ = roc_curve(np.array(scores), np.array(labels))
         result.update(eer=eer(fpr, tpr), auc=auc(fpr, tpr))
     return result
+
+
+def speed_proxy(model: PatchModel, folders: list[os.PathLike], speedup: int = 2, box: int = 48, seed: int = 0) -> dict:
+    """Frame-level EER and AUC of normal vs locally sped-up frames of the given clips, frame by frame.
+
+    EER and AUC are None when the clips hold nobody moving to speed up.
+    """
+    scores, labels = [], []
+    for clip in proxy_frame_scores(model, folders, speedup, box, seed):
+        for variants in clip.values():
+            for label, score in variants.items():
+                scores.append(score)
+                labels.append(label)
+    return {"speedup": speedup, **_roc_summary(scores, labels)}
+
+
+def smoothing_proxy(
+    model: PatchModel, folders: list[os.PathLike], windows: list[int], block: int = 30, speedup: int = 2, seed: int = 0
+) -> dict[int, dict]:
+    """EER/AUC per causal mean-smoothing window on clips that alternate `block` normal and sped-up frames.
+
+    Anomalies last seconds, not single frames; smoothing trades noise against blur at
+    the starts and ends, and this measures that trade on training data alone.
+    """
+    clips = proxy_frame_scores(model, folders, speedup, seed=seed)
+    results = {}
+    for window in windows:
+        settings = replace(model.card.scoring, smoothing="mean", window=window)
+        scores, labels = [], []
+        for clip in clips:
+            series = []
+            for t in sorted(clip):
+                label = int((t // block) % 2 == 1 and 1 in clip[t])
+                series.append((clip[t][label], label))
+            scores.extend(smooth_series(np.array([s for s, _ in series]), settings))
+            labels.extend(label for _, label in series)
+        results[window] = _roc_summary(scores, labels)
+    return results
