@@ -123,6 +123,7 @@ class Inbox:
         self.connected = connected
         self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED) if connected else None
         self._drops = 0
+        self._upstream_ended = False  # the last message was an end of stream
         self._deadline: float | None = None
         self._drained = False
         self._rejections: Counter[str] = Counter()
@@ -132,8 +133,9 @@ class Inbox:
             endpoint = recv_monitor_message(self._monitor)["endpoint"].decode()
             if endpoint not in self.connected:
                 continue
-            self._drops += 1
-            if self._drops in (1, 10, 100) or self._drops % 1000 == 0:
+            if self._upstream_ended:  # the upstream stage finished its stream and left: expected
+                log.info("%s: %s closed after the end of its stream", self.stage, endpoint)
+            elif self._count_drop():
                 log.warning(
                     "%s: connection to %s dropped (%d so far: the peer restarted, or sent a message over "
                     "max_message_bytes); connecting again",
@@ -143,6 +145,11 @@ class Inbox:
                 )
             self.socket.disconnect(endpoint)
             self.socket.connect(endpoint)
+
+    def _count_drop(self) -> bool:
+        """Counts an unexpected drop; True when this one should be logged (the 1st, 10th, 100th, every 1000th)."""
+        self._drops += 1
+        return self._drops in (1, 10, 100) or self._drops % 1000 == 0
 
     def close(self) -> None:
         if self._monitor is not None:
@@ -179,10 +186,12 @@ class Inbox:
 
     def _checked(self, flags: int = 0) -> Message | None:
         try:
-            return decode(receive(self.socket, flags), self.max_bytes)
+            message = decode(receive(self.socket, flags), self.max_bytes)
         except MessageError as e:
             self.reject(e)
             return None
+        self._upstream_ended = message.kind == "end"
+        return message
 
     def handle(self, work, *args):
         """`work(*args)`, or None with the message counted as rejected if it raises.
