@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
 PUB_MAX_MESSAGE_BYTES = 1024  # what a subscriber may send: subscriptions
+SUBSCRIBER_GRACE_SECONDS = 0.5  # between binding the PUB socket and taking the first scores
 
 
 class CameraState:
@@ -180,17 +181,20 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         score_log = None
         if cfg.alerter.score_log:
             score_log = stack.enter_context(open(cfg.alerter.score_log, "a", buffering=1))
+        publisher = make_socket(
+            ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging, curve=curve
+        )
+        publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
+        publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
+        # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
+        stop.wait(SUBSCRIBER_GRACE_SECONDS)
         inbox = Inbox(
             make_socket(ctx, zmq.PULL, cfg.alerter.scores_endpoint, bind=True, messaging=cfg.messaging, curve=curve),
             "alerter",
             stop,
             cfg.messaging,
         )
-        publisher = make_socket(
-            ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging, curve=curve
-        )
-        publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
-        publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
         outbox = Outbox(
             event_log,
             lambda parts: publisher.send_multipart(parts),
