@@ -87,14 +87,14 @@ def main() -> None:
         ["proxy_eer", "eer", "eer_normalized", "training_patches"] if args.eval else ["proxy_eer", "training_patches"]
     )
     print(f"k = {args.k} frames, seeds {args.seeds}: mean ± standard deviation (min-max)")
-    print(f"{'arm':<10}" + "".join(f"{k:>30}" for k in keys))
+    print(f"{'arm':<10}" + "".join(f"{k:>36}" for k in keys))
     for arm in ("selected", "random"):
         rows = [r for r in results if r["arm"] == arm]
         cells = []
         for key in keys:
             v = np.array([r[key] for r in rows], float)
-            cells.append(f"{v.mean():.4g} ± {v.std():.2g} ({v.min():.4g}-{v.max():.4g})")
-        print(f"{arm:<10}" + "".join(f"{c:>30}" for c in cells))
+            cells.append(f"  {v.mean():.4g} ± {v.std():.2g} ({v.min():.4g}-{v.max():.4g})")
+        print(f"{arm:<10}" + "".join(f"{c:>36}" for c in cells))
 
 
 if __name__ == "__main__":
