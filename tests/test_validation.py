@@ -1,0 +1,53 @@
+"""The training-data speed proxy that chooses hyperparameters (training/validation.py)."""
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from streamer.model import PatchModel
+from training.validation import proxy_frame_scores, smoothing_proxy, speed_proxy
+
+
+def clips(synthetic_ped2):
+    return [synthetic_ped2 / "Train" / name for name in ("Train001", "Train002")]
+
+
+def test_each_frame_is_scored_as_it_is_and_with_a_mover_sped_up(tiny_model, synthetic_ped2):
+    scores = proxy_frame_scores(PatchModel(tiny_model, threads=1), clips(synthetic_ped2))
+    assert len(scores) == 2
+    for clip in scores:
+        history = 2  # flow needs one earlier frame, x2 speed-up needs two
+        assert sorted(clip) == list(range(history, 20))
+        assert all(0 in variants for variants in clip.values())
+        sped_up = [t for t, variants in clip.items() if 1 in variants]
+        assert len(sped_up) == len(clip)  # the squares move in every frame
+        assert any(clip[t][1] != clip[t][0] for t in sped_up)
+
+
+def test_speed_proxy_is_the_roc_of_plain_against_sped_up_frames(tiny_model, synthetic_ped2):
+    model = PatchModel(tiny_model, threads=1)
+    pairs = [
+        (s, label)
+        for clip in proxy_frame_scores(model, clips(synthetic_ped2))
+        for v in clip.values()
+        for label, s in v.items()
+    ]
+    result = speed_proxy(model, clips(synthetic_ped2))
+    assert result["frames"] == len(pairs) and result["anomalous"] == sum(label for _, label in pairs)
+    expected_auc = roc_auc_score([label for _, label in pairs], [s for s, _ in pairs])
+    assert abs(result["auc"] - expected_auc) < 1e-9
+
+
+def test_smoothing_proxy_alternates_blocks_and_smooths_causally(tiny_model, synthetic_ped2):
+    model = PatchModel(tiny_model, threads=1)
+    block = 4
+    results = smoothing_proxy(model, clips(synthetic_ped2), [1, 3], block=block)
+    scores, labels = [], []
+    for clip in proxy_frame_scores(model, clips(synthetic_ped2)):
+        series = [(clip[t][int((t // block) % 2 == 1)], int((t // block) % 2 == 1)) for t in sorted(clip)]
+        values = np.array([s for s, _ in series])
+        # moving mean over the last 3 frames, fewer at the start of the clip
+        scores.extend(values[max(0, i - 2) : i + 1].mean() for i in range(len(values)))
+        labels.extend(label for _, label in series)
+    assert results[1]["frames"] == results[3]["frames"] == len(labels)
+    assert results[3]["anomalous"] == sum(labels)
+    assert abs(results[3]["auc"] - roc_auc_score(labels, scores)) < 1e-9
