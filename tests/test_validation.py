@@ -37,6 +37,19 @@ def test_speed_proxy_is_the_roc_of_plain_against_sped_up_frames(tiny_model, synt
     assert abs(result["auc"] - expected_auc) < 1e-9
 
 
+def test_more_draws_add_sped_up_frames_and_count_each_plain_frame_once(tiny_model, synthetic_ped2):
+    model = PatchModel(tiny_model, threads=1)
+    draws = [proxy_frame_scores(model, clips(synthetic_ped2), seed=seed) for seed in (0, 1)]
+    plain = [v[0] for clip in draws[0] for v in clip.values()]
+    assert plain == [v[0] for clip in draws[1] for v in clip.values()]  # the draws differ only in who is sped up
+    sped_up = [v[1] for draw in draws for clip in draw for v in clip.values() if 1 in v]
+    result = speed_proxy(model, clips(synthetic_ped2), seed=0, draws=2)
+    assert result["draws"] == 2
+    assert result["frames"] == len(plain) + len(sped_up) and result["anomalous"] == len(sped_up)
+    labels = [0] * len(plain) + [1] * len(sped_up)
+    assert abs(result["auc"] - roc_auc_score(labels, plain + sped_up)) < 1e-9
+
+
 def test_smoothing_proxy_alternates_blocks_and_smooths_causally(tiny_model, synthetic_ped2):
     model = PatchModel(tiny_model, threads=1)
     block = 4
