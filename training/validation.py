@@ -39,43 +39,59 @@ def proxy_frame_scores(
 
     Scores are the card's aggregated, calibrated frame scores before temporal smoothing.
     """
+    return _proxy_draws(model, folders, speedup, box, [seed])[0]
+
+
+def _proxy_draws(
+    model: PatchModel, folders: list[os.PathLike], speedup: int, box: int, seeds: list[int]
+) -> list[list[dict[int, dict[int, float]]]]:
+    """`proxy_frame_scores` for each seed in one pass: the clips are read and their plain frames scored once."""
     card = model.card
     spec = card.patch
     history = max(spec.history, 1)
-    rng = np.random.default_rng(seed)
-    clips = []
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    draws = [[] for _ in seeds]
     for folder in folders:
         extractor = PatchExtractor(spec)
         frames = [extractor.prepare(f.image) for f in FolderSource(folder)]
         h, w = frames[0].shape
         boxes = extractor.boxes((h, w))
-        samples = []
+        samples = []  # (t, draw index, or None for the frame as it is; gate mask; the patches it passes)
+
+        def add(t, draw, patches):
+            active = gate_mask(patches, spec, card.gate)
+            samples.append((t, draw, active, patches[active]))
+
         for t in range(speedup * history, len(frames)):
-            normal = frames[t - spec.history : t + 1] if spec.history else [frames[t]]
-            samples.append((t, 0, patches_from_frames(normal, spec)))
+            add(t, None, patches_from_frames(frames[t - spec.history : t + 1] if spec.history else [frames[t]], spec))
             moving = _moving_patches(frames[t - 1], frames[t], spec.size, spec.stride)
             if not len(moving):
                 continue
-            x, y, bw, bh = boxes[rng.choice(moving)]
-            cy, cx = y + bh // 2, x + bw // 2
-            y0, y1 = max(0, cy - box // 2), min(h, cy + box // 2)
-            x0, x1 = max(0, cx - box // 2), min(w, cx + box // 2)
-            faster = []
-            for j in range(spec.history, 0, -1):
-                past = frames[t - j].copy()
-                past[y0:y1, x0:x1] = frames[t - speedup * j][y0:y1, x0:x1]
-                faster.append(past)
-            samples.append((t, 1, patches_from_frames(faster + [frames[t]], spec)))
-        active = [gate_mask(p, spec, card.gate) for _, _, p in samples]
-        raw = model.raw_scores(np.concatenate([p[a] for (_, _, p), a in zip(samples, active)]))
-        offset, scores = 0, {}
-        for (t, label, _), a in zip(samples, active):
-            n = int(a.sum())
-            frame = calibrated_frame(raw[offset : offset + n], a, card.calibration)
-            scores.setdefault(t, {})[label] = aggregate(frame, card.scoring)
-            offset += n
-        clips.append(scores)
-    return clips
+            for draw, rng in enumerate(rngs):
+                x, y, bw, bh = boxes[rng.choice(moving)]
+                cy, cx = y + bh // 2, x + bw // 2
+                y0, y1 = max(0, cy - box // 2), min(h, cy + box // 2)
+                x0, x1 = max(0, cx - box // 2), min(w, cx + box // 2)
+                faster = []
+                for j in range(spec.history, 0, -1):
+                    past = frames[t - j].copy()
+                    past[y0:y1, x0:x1] = frames[t - speedup * j][y0:y1, x0:x1]
+                    faster.append(past)
+                add(t, draw, patches_from_frames(faster + [frames[t]], spec))
+        raw = model.raw_scores(np.concatenate([p for _, _, _, p in samples]))
+        offset, clip = 0, [{} for _ in seeds]
+        for t, draw, active, patches in samples:
+            frame = calibrated_frame(raw[offset : offset + len(patches)], active, card.calibration)
+            score = aggregate(frame, card.scoring)
+            offset += len(patches)
+            if draw is None:
+                for scores in clip:
+                    scores[t] = {0: score}
+            else:
+                clip[draw][t][1] = score
+        for draw, scores in zip(draws, clip):
+            draw.append(scores)
+    return draws
 
 
 def _roc_summary(scores: list[float], labels: list[int]) -> dict:
@@ -97,11 +113,11 @@ def speed_proxy(
     EER and AUC are None when the clips hold nobody moving to speed up.
     """
     scores, labels = [], []
-    for draw in range(draws):
-        for clip in proxy_frame_scores(model, folders, speedup, box, seed + draw):
+    for draw, clips in enumerate(_proxy_draws(model, folders, speedup, box, list(range(seed, seed + draws)))):
+        for clip in clips:
             for variants in clip.values():
                 for label, score in variants.items():
-                    if label or not draw:
+                    if label or not draw:  # the frames as they are are the same in every draw
                         scores.append(score)
                         labels.append(label)
     return {"speedup": speedup, "draws": draws, **_roc_summary(scores, labels)}
