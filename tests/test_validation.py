@@ -1,10 +1,13 @@
 """The training-data speed proxy that chooses hyperparameters (training/validation.py)."""
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from streamer.model import PatchModel
-from training.validation import proxy_frame_scores, smoothing_proxy, speed_proxy
+from training.validation import proxy_frame_scores, proxy_samples, proxy_scores_with, smoothing_proxy, speed_proxy
 
 
 def clips(synthetic_ped2):
@@ -64,3 +67,17 @@ def test_smoothing_proxy_alternates_blocks_and_smooths_causally(tiny_model, synt
     assert results[1]["frames"] == results[3]["frames"] == len(labels)
     assert results[3]["anomalous"] == sum(labels)
     assert abs(results[3]["auc"] - roc_auc_score(labels, scores)) < 1e-9
+
+
+def test_ungated_samples_rescored_under_the_cards_gate_match_the_gated_proxy(tiny_model, synthetic_ped2):
+    """Other calibrations are tried on raw scores sampled without the gate; the card's own must come out the same."""
+    model = PatchModel(tiny_model, threads=1)
+    model.card = replace(model.card, gate={"motion_threshold": 20.0})  # a gate that hides some patches
+    ungated = proxy_samples(model, clips(synthetic_ped2), speedup=2, box=48, seeds=[0], gate=False)
+    assert not any(np.isnan(raw).any() for clip in ungated for *_, raw in clip)
+    assert proxy_scores_with(model.card, ungated, draws=1)[0] == proxy_frame_scores(model, clips(synthetic_ped2))
+    gated = proxy_samples(model, clips(synthetic_ped2), speedup=2, box=48, seeds=[0])
+    assert any(np.isnan(raw).any() for clip in gated for *_, raw in clip)
+    looser = replace(model.card, gate={"motion_threshold": 0.0})
+    with pytest.raises(ValueError, match="gate=False"):
+        proxy_scores_with(looser, gated, draws=1)

@@ -141,6 +141,19 @@ def calibrate(
 ) -> CalibrationResult:
     """Fit calibration, gate and threshold on normal clips with the exported graph itself."""
     raw = session_scores(session, data.patches).reshape(data.frames, data.positions)
+    return calibrate_scores(raw, data, settings, mode, quantile, threshold_quantile, gate_max_hidden)
+
+
+def calibrate_scores(
+    raw: np.ndarray,
+    data: ClipPatches,
+    settings: ScoringSettings,
+    mode: str = "position",
+    quantile: float = 0.99,
+    threshold_quantile: float = 0.99,
+    gate_max_hidden: float | None = None,
+) -> CalibrationResult:
+    """`calibrate` on raw scores (frames, positions) already computed for `data`."""
     calibration = Calibration.fit(raw, mode, quantile)
     calibrated = calibration.apply(raw)
     energy = data.energy.reshape(data.frames, data.positions)

@@ -20,7 +20,7 @@ import numpy as np
 
 from streamer.metrics import auc, eer, roc_curve
 from streamer.model import PatchModel
-from streamer.patches import PatchExtractor, extract_patches, patches_from_frames
+from streamer.patches import PatchExtractor, extract_patches, motion_energy, patches_from_frames
 from streamer.scoring import aggregate, calibrated_frame, gate_mask, smooth_series
 from streamer.sources import FolderSource
 
@@ -46,21 +46,35 @@ def _proxy_draws(
     model: PatchModel, folders: list[os.PathLike], speedup: int, box: int, seeds: list[int]
 ) -> list[list[dict[int, dict[int, float]]]]:
     """`proxy_frame_scores` for each seed in one pass: the clips are read and their plain frames scored once."""
+    return proxy_scores_with(model.card, proxy_samples(model, folders, speedup, box, seeds), len(seeds))
+
+
+def proxy_samples(
+    model: PatchModel, folders: list[os.PathLike], speedup: int, box: int, seeds: list[int], gate: bool = True
+) -> list:
+    """Per clip, (frame t, draw index or None for the frame as it is, motion energy per patch, raw scores).
+
+    The expensive part of the proxy (optical flow, the network), kept apart so
+    that other calibrations, gates and frame-score settings can be tried on the
+    same raw scores (`proxy_scores_with`). Raw scores are NaN where the card's
+    gate kept the patch from the network; with `gate=False` every patch is scored.
+    """
     card = model.card
+    sampling_gate = card.gate if gate else None
     spec = card.patch
     history = max(spec.history, 1)
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    draws = [[] for _ in seeds]
+    clips = []
     for folder in folders:
         extractor = PatchExtractor(spec)
         frames = [extractor.prepare(f.image) for f in FolderSource(folder)]
         h, w = frames[0].shape
         boxes = extractor.boxes((h, w))
-        samples = []  # (t, draw index, or None for the frame as it is; gate mask; the patches it passes)
+        samples = []  # (t, draw index, or None for the frame as it is; motion energy; gate mask; patches passed)
 
         def add(t, draw, patches):
-            active = gate_mask(patches, spec, card.gate)
-            samples.append((t, draw, active, patches[active]))
+            active = gate_mask(patches, spec, sampling_gate)
+            samples.append((t, draw, motion_energy(patches, spec), active, patches[active]))
 
         for t in range(speedup * history, len(frames)):
             add(t, None, patches_from_frames(frames[t - spec.history : t + 1] if spec.history else [frames[t]], spec))
@@ -78,20 +92,35 @@ def _proxy_draws(
                     past[y0:y1, x0:x1] = frames[t - speedup * j][y0:y1, x0:x1]
                     faster.append(past)
                 add(t, draw, patches_from_frames(faster + [frames[t]], spec))
-        raw = model.raw_scores(np.concatenate([p for _, _, _, p in samples]))
-        offset, clip = 0, [{} for _ in seeds]
-        for t, draw, active, patches in samples:
-            frame = calibrated_frame(raw[offset : offset + len(patches)], active, card.calibration)
-            score = aggregate(frame, card.scoring)
-            offset += len(patches)
+        raw = model.raw_scores(np.concatenate([p for *_, p in samples]))
+        offsets = np.cumsum([0] + [len(p) for *_, p in samples])
+        clip = []
+        for (t, draw, energy, active, _), a, b in zip(samples, offsets, offsets[1:]):
+            scores = np.full(len(active), np.nan, np.float32)
+            scores[active] = raw[a:b]
+            clip.append((t, draw, energy, scores))
+        clips.append(clip)
+    return clips
+
+
+def proxy_scores_with(card, clips: list, draws: int) -> list[list[dict[int, dict[int, float]]]]:
+    """Frame scores of `proxy_samples` under the card's calibration and frame-score settings, per draw and clip."""
+    result = [[] for _ in range(draws)]
+    for samples in clips:
+        clip = [{} for _ in range(draws)]
+        for t, draw, energy, raw in samples:
+            active = np.ones(len(raw), bool) if not card.gate else energy >= card.gate["motion_threshold"]
+            if np.isnan(raw[active]).any():
+                raise ValueError("the card's gate passes patches the samples did not score: sample with gate=False")
+            score = aggregate(calibrated_frame(raw[active], active, card.calibration), card.scoring)
             if draw is None:
                 for scores in clip:
                     scores[t] = {0: score}
             else:
                 clip[draw][t][1] = score
-        for draw, scores in zip(draws, clip):
-            draw.append(scores)
-    return draws
+        for per_draw, scores in zip(result, clip):
+            per_draw.append(scores)
+    return result
 
 
 def _roc_summary(scores: list[float], labels: list[int]) -> dict:

@@ -1,0 +1,129 @@
+"""Cross-validated speed proxy: every training clip held out once, calibrated without it; prints a table.
+
+    python benchmarks/crossval_proxy.py configs/ae_ped2.yaml --out runs/cv_ae
+
+`vad train` reports the speed proxy (training/validation.py) on two held-out
+clips, scored with a card whose calibration saw every training clip, the
+held-out ones included. Here the training clips are split into `--folds`
+folds; for each, a model is trained with the config on the other clips,
+calibrated on those clips only, and the fold's clips are scored as they are
+and with one person sped up. Every training clip is held out once, so the
+proxy's normal frames are all the training frames, each unseen by the model
+and its calibration, as test frames are. Besides the EER it reports the
+share of those normal frames whose smoothed score passes the card's
+threshold: false alarms on new normal video (the threshold aims at 1 %).
+
+Calibration modes (`--calibrations`) and frame scores (`--top-k`, 1 = the
+max) are tried on the same raw patch scores: comparing them costs no training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from streamer import config as config_io
+from streamer.metrics import auc, eer, roc_curve
+from streamer.model import PatchModel
+from streamer.scoring import smooth_series
+from training import data as training_data
+from training.config import TrainConfig
+from training.export import calibrate_scores
+from training.train import train_model
+from training.validation import proxy_samples, proxy_scores_with
+
+
+def variant_card(card, raw, fitting, mode: str, top_k: int, export):
+    settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k)
+    result = calibrate_scores(
+        raw, fitting, settings, mode, export.calibration_quantile, export.threshold_quantile, export.gate_max_hidden
+    )
+    scoring = replace(settings, threshold=result.threshold)
+    return replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring)
+
+
+def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: int, draws: int) -> dict:
+    """Train without the fold's clips, then score them under each (calibration, top-k) variant."""
+    logging.basicConfig(level=logging.WARNING)
+    name = "+".join(fold)
+    cfg = replace(cfg, out=str(out / name), threads=1, data=replace(cfg.data, validation_clips=list(fold)))
+    train_model(cfg, progress=False)
+    model = PatchModel(Path(cfg.out).with_suffix(".onnx"), device="cpu", threads=1)
+    folders = dict(training_data.ped2_training_folders(cfg.data.root))
+    fitting = training_data.read_clips(
+        [(n, p) for n, p in folders.items() if n not in fold], model.card.patch, progress=False
+    )
+    raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
+    samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
+    results = {}
+    for mode, top_k in variants:
+        card = variant_card(model.card, raw, fitting, mode, top_k, cfg.export)
+        scores, labels, alarms, normal = [], [], 0, 0
+        for draw, clips in enumerate(proxy_scores_with(card, samples, draws)):
+            for clip in clips:
+                for variants_of_frame in clip.values():
+                    for label, score in variants_of_frame.items():
+                        if label or not draw:
+                            scores.append(score)
+                            labels.append(label)
+                if not draw:
+                    plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
+                    alarms += int((plain > card.scoring.threshold).sum())
+                    normal += len(plain)
+        results[(mode, top_k)] = (scores, labels, alarms, normal)
+    return {"fold": name, "results": results}
+
+
+def summary(scores, labels) -> str:
+    fpr, tpr, _ = roc_curve(np.array(scores), np.array(labels))
+    return f"{eer(fpr, tpr):.2%} / {auc(fpr, tpr):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="training config (configs/*.yaml)")
+    parser.add_argument("--out", required=True, help="folder for the fold models")
+    parser.add_argument("--data", help="UCSDped2 folder (default: the config's, then $VAD_PED2, ../shared/...)")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (one core each)")
+    parser.add_argument("--speedup", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=2, help="sped-up versions of each frame")
+    parser.add_argument("--calibrations", nargs="+", default=["position"], choices=["position", "global"])
+    parser.add_argument("--top-k", type=int, nargs="+", default=[3], help="frame score: mean of the k highest")
+    args = parser.parse_args()
+    overrides = {"data": {"root": args.data}} if args.data else None
+    cfg = config_io.load(args.config, TrainConfig, overrides)
+    names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
+    folds = [names[i :: args.folds] for i in range(args.folds)]
+    variants = list(itertools.product(args.calibrations, args.top_k))
+    out = Path(args.out)
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        jobs = [pool.submit(run_fold, cfg, fold, out, variants, args.speedup, args.draws) for fold in folds]
+        folds_done = []
+        for job in jobs:
+            folds_done.append(job.result())
+            print(f"fold {folds_done[-1]['fold']} done", flush=True)
+    print(f"\n{args.config}: x{args.speedup} speed-up, {args.draws} draws, {args.folds} folds (EER / AUC)")
+    print(f"{'calibration':<12}{'top-k':>6}{'all folds':>18}{'false alarms':>14}   per fold")
+    for variant in variants:
+        pooled_scores, pooled_labels, alarms, normal, per_fold = [], [], 0, 0, []
+        for done in folds_done:
+            scores, labels, a, n = done["results"][variant]
+            pooled_scores += scores
+            pooled_labels += labels
+            alarms, normal = alarms + a, normal + n
+            per_fold.append(summary(scores, labels).split(" /")[0])
+        print(
+            f"{variant[0]:<12}{variant[1]:>6}{summary(pooled_scores, pooled_labels):>18}"
+            f"{alarms / normal:>14.2%}   {' '.join(per_fold)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
