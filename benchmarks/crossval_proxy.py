@@ -48,12 +48,13 @@ def variant_card(card, raw, fitting, mode: str, top_k: int, export):
     return replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring)
 
 
-def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: int, draws: int) -> dict:
-    """Train without the fold's clips, then score them under each (calibration, top-k) variant."""
+def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: int, draws: int, reuse: bool) -> dict:
+    """Train without the fold's clips (or reuse that model), then score them under each (calibration, top-k) variant."""
     logging.basicConfig(level=logging.WARNING)
     name = "+".join(fold)
     cfg = replace(cfg, out=str(out / name), threads=1, data=replace(cfg.data, validation_clips=list(fold)))
-    train_model(cfg, progress=False)
+    if not (reuse and Path(cfg.out).with_suffix(".onnx").is_file()):
+        train_model(cfg, progress=False)
     model = PatchModel(Path(cfg.out).with_suffix(".onnx"), device="cpu", threads=1)
     folders = dict(training_data.ped2_training_folders(cfg.data.root))
     fitting = training_data.read_clips(
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2, help="sped-up versions of each frame")
     parser.add_argument("--calibrations", nargs="+", default=["position"], choices=["position", "global"])
     parser.add_argument("--top-k", type=int, nargs="+", default=[3], help="frame score: mean of the k highest")
+    parser.add_argument("--reuse", action="store_true", help="reuse fold models already in --out (same config)")
     args = parser.parse_args()
     overrides = {"data": {"root": args.data}} if args.data else None
     cfg = config_io.load(args.config, TrainConfig, overrides)
@@ -104,7 +106,7 @@ def main() -> None:
     variants = list(itertools.product(args.calibrations, args.top_k))
     out = Path(args.out)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        jobs = [pool.submit(run_fold, cfg, fold, out, variants, args.speedup, args.draws) for fold in folds]
+        jobs = [pool.submit(run_fold, cfg, fold, out, variants, args.speedup, args.draws, args.reuse) for fold in folds]
         folds_done = []
         for job in jobs:
             folds_done.append(job.result())
