@@ -13,8 +13,9 @@ and its calibration, as test frames are. Besides the EER it reports the
 share of those normal frames whose smoothed score passes the card's
 threshold: false alarms on new normal video (the threshold aims at 1 %).
 
-Calibration modes (`--calibrations`) and frame scores (`--top-k`, 1 = the
-max) are tried on the same raw patch scores: comparing them costs no training.
+Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max)
+and motion gates (`--gates`) are tried on the same raw patch scores: comparing
+them costs no training.
 """
 
 from __future__ import annotations
@@ -39,17 +40,17 @@ from training.train import train_model
 from training.validation import proxy_samples, proxy_scores_with
 
 
-def variant_card(card, raw, fitting, mode: str, top_k: int, export):
+def variant_card(card, raw, fitting, mode: str, top_k: int, gate: float | None, export):
     settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k)
     result = calibrate_scores(
-        raw, fitting, settings, mode, export.calibration_quantile, export.threshold_quantile, export.gate_max_hidden
+        raw, fitting, settings, mode, export.calibration_quantile, export.threshold_quantile, gate
     )
     scoring = replace(settings, threshold=result.threshold)
     return replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring)
 
 
 def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: int, draws: int, reuse: bool) -> dict:
-    """Train without the fold's clips (or reuse that model), then score them under each (calibration, top-k) variant."""
+    """Train without the fold's clips (or reuse that model), then score them under each (calibration, top-k, gate)."""
     logging.basicConfig(level=logging.WARNING)
     name = "+".join(fold)
     cfg = replace(cfg, out=str(out / name), threads=1, data=replace(cfg.data, validation_clips=list(fold)))
@@ -63,8 +64,8 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: in
     raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
     samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
     results = {}
-    for mode, top_k in variants:
-        card = variant_card(model.card, raw, fitting, mode, top_k, cfg.export)
+    for mode, top_k, gate in variants:
+        card = variant_card(model.card, raw, fitting, mode, top_k, gate, cfg.export)
         scores, labels, alarms, normal = [], [], 0, 0
         for draw, clips in enumerate(proxy_scores_with(card, samples, draws)):
             for clip in clips:
@@ -77,7 +78,7 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: in
                     plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
                     alarms += int((plain > card.scoring.threshold).sum())
                     normal += len(plain)
-        results[(mode, top_k)] = (scores, labels, alarms, normal)
+        results[(mode, top_k, gate)] = (scores, labels, alarms, normal)
     return {"fold": name, "results": results}
 
 
@@ -97,13 +98,17 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2, help="sped-up versions of each frame")
     parser.add_argument("--calibrations", nargs="+", default=["position"], choices=["position", "global"])
     parser.add_argument("--top-k", type=int, nargs="+", default=[3], help="frame score: mean of the k highest")
+    parser.add_argument(
+        "--gates", nargs="+", help="motion gates to try: export.gate_max_hidden values, or none (default: the config's)"
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse fold models already in --out (same config)")
     args = parser.parse_args()
     overrides = {"data": {"root": args.data}} if args.data else None
     cfg = config_io.load(args.config, TrainConfig, overrides)
     names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
     folds = [names[i :: args.folds] for i in range(args.folds)]
-    variants = list(itertools.product(args.calibrations, args.top_k))
+    gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
+    variants = list(itertools.product(args.calibrations, args.top_k, gates))
     out = Path(args.out)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         jobs = [pool.submit(run_fold, cfg, fold, out, variants, args.speedup, args.draws, args.reuse) for fold in folds]
@@ -112,7 +117,7 @@ def main() -> None:
             folds_done.append(job.result())
             print(f"fold {folds_done[-1]['fold']} done", flush=True)
     print(f"\n{args.config}: x{args.speedup} speed-up, {args.draws} draws, {args.folds} folds (EER / AUC)")
-    print(f"{'calibration':<12}{'top-k':>6}{'all folds':>18}{'false alarms':>14}   per fold")
+    print(f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'all folds':>18}{'false alarms':>14}   per fold")
     for variant in variants:
         pooled_scores, pooled_labels, alarms, normal, per_fold = [], [], 0, 0, []
         for done in folds_done:
@@ -122,7 +127,7 @@ def main() -> None:
             alarms, normal = alarms + a, normal + n
             per_fold.append(summary(scores, labels).split(" /")[0])
         print(
-            f"{variant[0]:<12}{variant[1]:>6}{summary(pooled_scores, pooled_labels):>18}"
+            f"{variant[0]:<12}{variant[1]:>6}{str(variant[2]):>6}{summary(pooled_scores, pooled_labels):>18}"
             f"{alarms / normal:>14.2%}   {' '.join(per_fold)}"
         )
 
