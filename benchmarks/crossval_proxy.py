@@ -11,7 +11,8 @@ and with one person sped up. Every training clip is held out once, so the
 proxy's normal frames are all the training frames, each unseen by the model
 and its calibration, as test frames are. Besides the EER it reports the
 share of those normal frames whose smoothed score passes the card's
-threshold: false alarms on new normal video (the threshold aims at 1 %).
+threshold: false alarms on new normal video (the threshold aims at 1 %), or
+at other training-frame quantiles (`--threshold-quantiles`).
 
 Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max)
 and motion gates (`--gates`) are tried on the same raw patch scores: comparing
@@ -40,16 +41,20 @@ from training.train import train_model
 from training.validation import proxy_samples, proxy_scores_with
 
 
-def variant_card(card, raw, fitting, mode: str, top_k: int, gate: float | None, export):
+def variant_cards(card, raw, fitting, mode: str, top_k: int, gate: float | None, threshold_quantiles, export):
+    """The card re-fitted on the fitting clips for one variant, once per threshold quantile."""
     settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k)
-    result = calibrate_scores(
-        raw, fitting, settings, mode, export.calibration_quantile, export.threshold_quantile, gate
-    )
-    scoring = replace(settings, threshold=result.threshold)
-    return replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring)
+    cards = []
+    for quantile in threshold_quantiles:
+        result = calibrate_scores(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate)
+        scoring = replace(settings, threshold=result.threshold)
+        cards.append(replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring))
+    return cards
 
 
-def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: int, draws: int, reuse: bool) -> dict:
+def run_fold(
+    cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, speedup: int, draws: int, reuse: bool
+) -> dict:
     """Train without the fold's clips (or reuse that model), then score them under each (calibration, top-k, gate)."""
     logging.basicConfig(level=logging.WARNING)
     name = "+".join(fold)
@@ -65,8 +70,9 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: in
     samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
     results = {}
     for mode, top_k, gate in variants:
-        card = variant_card(model.card, raw, fitting, mode, top_k, gate, cfg.export)
-        scores, labels, alarms, normal = [], [], 0, 0
+        cards = variant_cards(model.card, raw, fitting, mode, top_k, gate, threshold_quantiles, cfg.export)
+        card = cards[0]  # the threshold changes alarms only, not the EER
+        scores, labels, alarms, normal = [], [], np.zeros(len(cards), int), 0
         for draw, clips in enumerate(proxy_scores_with(card, samples, draws)):
             for clip in clips:
                 for variants_of_frame in clip.values():
@@ -76,7 +82,7 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, variants, speedup: in
                             labels.append(label)
                 if not draw:
                     plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
-                    alarms += int((plain > card.scoring.threshold).sum())
+                    alarms += [int((plain > c.scoring.threshold).sum()) for c in cards]
                     normal += len(plain)
         results[(mode, top_k, gate)] = (scores, labels, alarms, normal)
     return {"fold": name, "results": results}
@@ -101,6 +107,9 @@ def main() -> None:
     parser.add_argument(
         "--gates", nargs="+", help="motion gates to try: export.gate_max_hidden values, or none (default: the config's)"
     )
+    parser.add_argument(
+        "--threshold-quantiles", type=float, nargs="+", help="false alarms at these (default: the config's)"
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse fold models already in --out (same config)")
     args = parser.parse_args()
     overrides = {"data": {"root": args.data}} if args.data else None
@@ -109,15 +118,20 @@ def main() -> None:
     folds = [names[i :: args.folds] for i in range(args.folds)]
     gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
     variants = list(itertools.product(args.calibrations, args.top_k, gates))
+    quantiles = args.threshold_quantiles or [cfg.export.threshold_quantile]
     out = Path(args.out)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        jobs = [pool.submit(run_fold, cfg, fold, out, variants, args.speedup, args.draws, args.reuse) for fold in folds]
+        jobs = [
+            pool.submit(run_fold, cfg, fold, out, variants, quantiles, args.speedup, args.draws, args.reuse)
+            for fold in folds
+        ]
         folds_done = []
         for job in jobs:
             folds_done.append(job.result())
             print(f"fold {folds_done[-1]['fold']} done", flush=True)
     print(f"\n{args.config}: x{args.speedup} speed-up, {args.draws} draws, {args.folds} folds (EER / AUC)")
-    print(f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'all folds':>18}{'false alarms':>14}   per fold")
+    alarm_heads = "".join(f"{'alarms@' + format(q, 'g'):>14}" for q in quantiles)
+    print(f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'all folds':>18}{alarm_heads}   per fold")
     for variant in variants:
         pooled_scores, pooled_labels, alarms, normal, per_fold = [], [], 0, 0, []
         for done in folds_done:
@@ -128,7 +142,8 @@ def main() -> None:
             per_fold.append(summary(scores, labels).split(" /")[0])
         print(
             f"{variant[0]:<12}{variant[1]:>6}{str(variant[2]):>6}{summary(pooled_scores, pooled_labels):>18}"
-            f"{alarms / normal:>14.2%}   {' '.join(per_fold)}"
+            + "".join(f"{a / normal:>14.2%}" for a in alarms)
+            + f"   {' '.join(per_fold)}"
         )
 
 
