@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from streamer import config as config_io
-from streamer.metrics import auc, eer, roc_curve
 from streamer.model import PatchModel
 from streamer.scoring import smooth_series
 from training import data as training_data
 from training.config import TrainConfig
-from training.export import calibrate_scores
+from training.export import calibrate
 from training.train import train_model
-from training.validation import proxy_samples, proxy_scores_with
+from training.validation import proxy_pairs, proxy_samples, proxy_scores_with, roc_summary
 
 
 def variant_cards(card, raw, fitting, mode: str, top_k: int, gate: float | None, threshold_quantiles, export):
@@ -46,7 +45,7 @@ def variant_cards(card, raw, fitting, mode: str, top_k: int, gate: float | None,
     settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k)
     cards = []
     for quantile in threshold_quantiles:
-        result = calibrate_scores(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate)
+        result = calibrate(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate)
         scoring = replace(settings, threshold=result.threshold)
         cards.append(replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring))
     return cards
@@ -72,25 +71,19 @@ def run_fold(
     for mode, top_k, gate in variants:
         cards = variant_cards(model.card, raw, fitting, mode, top_k, gate, threshold_quantiles, cfg.export)
         card = cards[0]  # the threshold changes alarms only, not the EER
-        scores, labels, alarms, normal = [], [], np.zeros(len(cards), int), 0
-        for draw, clips in enumerate(proxy_scores_with(card, samples, draws)):
-            for clip in clips:
-                for variants_of_frame in clip.values():
-                    for label, score in variants_of_frame.items():
-                        if label or not draw:
-                            scores.append(score)
-                            labels.append(label)
-                if not draw:
-                    plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
-                    alarms += [int((plain > c.scoring.threshold).sum()) for c in cards]
-                    normal += len(plain)
-        results[(mode, top_k, gate)] = (scores, labels, alarms, normal)
+        per_draw = proxy_scores_with(card, samples, draws)
+        alarms, normal = np.zeros(len(cards), int), 0
+        for clip in per_draw[0]:  # the frames as they are: the same in every draw
+            plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
+            alarms += [int((plain > c.scoring.threshold).sum()) for c in cards]
+            normal += len(plain)
+        results[(mode, top_k, gate)] = (*proxy_pairs(per_draw), alarms, normal)
     return {"fold": name, "results": results}
 
 
 def summary(scores, labels) -> str:
-    fpr, tpr, _ = roc_curve(np.array(scores), np.array(labels))
-    return f"{eer(fpr, tpr):.2%} / {auc(fpr, tpr):.3f}"
+    result = roc_summary(scores, labels)
+    return f"{result['eer']:.2%} / {result['auc']:.3f}"
 
 
 def main() -> None:
@@ -139,7 +132,7 @@ def main() -> None:
             pooled_scores += scores
             pooled_labels += labels
             alarms, normal = alarms + a, normal + n
-            per_fold.append(summary(scores, labels).split(" /")[0])
+            per_fold.append(f"{roc_summary(scores, labels)['eer']:.2%}")
         print(
             f"{variant[0]:<12}{variant[1]:>6}{str(variant[2]):>6}{summary(pooled_scores, pooled_labels):>18}"
             + "".join(f"{a / normal:>14.2%}" for a in alarms)

@@ -160,7 +160,14 @@ def gate_mask(patches: np.ndarray, spec: PatchSpec, gate: dict | None) -> np.nda
     """Which patches the cascade's first stage passes on to the network (all, without a gate)."""
     if not gate:
         return np.ones(len(patches), dtype=bool)
-    return motion_energy(patches, spec) >= gate["motion_threshold"]
+    return passes_gate(motion_energy(patches, spec), gate)
+
+
+def passes_gate(energy: np.ndarray, gate: dict | None) -> np.ndarray:
+    """`gate_mask` from motion energies already computed."""
+    if not gate:
+        return np.ones(np.shape(energy), dtype=bool)
+    return energy >= gate["motion_threshold"]
 
 
 def calibrated_frame(raw_active: np.ndarray, active: np.ndarray, calibration: Calibration) -> np.ndarray:

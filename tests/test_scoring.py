@@ -9,6 +9,7 @@ from streamer.scoring import (
     aggregate,
     calibrated_frame,
     gate_mask,
+    passes_gate,
     smooth_series,
 )
 
@@ -68,6 +69,9 @@ def test_gate_mask():
     patches[1, 1] = 10
     assert gate_mask(patches, spec, None).all()
     assert gate_mask(patches, spec, {"motion_threshold": 5.0}).tolist() == [False, True, False]
+    energy = np.array([0.0, 10.0, 4.99])  # the same rule on energies already computed
+    assert passes_gate(energy, None).all()
+    assert passes_gate(energy, {"motion_threshold": 5.0}).tolist() == [False, True, False]
 
 
 @pytest.mark.parametrize("bad", [dict(aggregation="mean"), dict(smoothing="median"), dict(window=0), dict(alpha=0)])

@@ -21,7 +21,7 @@ import torch
 
 from streamer.model import ModelCard, create_session, session_scores, sha256_of
 from streamer.patches import PatchSpec, to_model_input
-from streamer.scoring import Calibration, ScoringSettings, aggregate, smooth_series
+from streamer.scoring import Calibration, ScoringSettings, aggregate, passes_gate, smooth_series
 
 from .data import ClipPatches
 from .loops import as_float
@@ -117,7 +117,7 @@ def frame_scores(
 ) -> np.ndarray:
     """Aggregated frame scores of (F, P) calibrated patch scores; gated-out patches count 0 as live."""
     if gate:
-        calibrated = np.where(energy >= gate["motion_threshold"], calibrated, 0.0)
+        calibrated = np.where(passes_gate(energy, gate), calibrated, 0.0)
     return np.array([aggregate(z, settings) for z in calibrated])
 
 
@@ -131,20 +131,6 @@ class CalibrationResult:
 
 
 def calibrate(
-    session,
-    data: ClipPatches,
-    settings: ScoringSettings,
-    mode: str = "position",
-    quantile: float = 0.99,
-    threshold_quantile: float = 0.99,
-    gate_max_hidden: float | None = None,
-) -> CalibrationResult:
-    """Fit calibration, gate and threshold on normal clips with the exported graph itself."""
-    raw = session_scores(session, data.patches).reshape(data.frames, data.positions)
-    return calibrate_scores(raw, data, settings, mode, quantile, threshold_quantile, gate_max_hidden)
-
-
-def calibrate_scores(
     raw: np.ndarray,
     data: ClipPatches,
     settings: ScoringSettings,
@@ -153,7 +139,7 @@ def calibrate_scores(
     threshold_quantile: float = 0.99,
     gate_max_hidden: float | None = None,
 ) -> CalibrationResult:
-    """`calibrate` on raw scores (frames, positions) already computed for `data`."""
+    """Fit calibration, gate and threshold on normal clips from their raw scores (frames, positions)."""
     calibration = Calibration.fit(raw, mode, quantile)
     calibrated = calibration.apply(raw)
     energy = data.energy.reshape(data.frames, data.positions)
@@ -217,9 +203,9 @@ def export_model(
     if encoder is not None:
         encoder_path = out_path.with_suffix(".encoder.onnx")
         encoder_entry = export_encoder(encoder, encoder_path, spec, calibration_data.patches[np.sort(pick)])
-    result = calibrate(
-        session, calibration_data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden
-    )
+    data = calibration_data
+    raw = session_scores(session, data.patches).reshape(data.frames, data.positions)  # the exported graph's own scores
+    result = calibrate(raw, data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden)
     settings = ScoringSettings.from_dict({**settings.to_dict(), "threshold": result.threshold})
     card = ModelCard(
         method=method,

@@ -21,7 +21,7 @@ import numpy as np
 from streamer.metrics import auc, eer, roc_curve
 from streamer.model import PatchModel
 from streamer.patches import PatchExtractor, extract_patches, motion_energy, patches_from_frames
-from streamer.scoring import aggregate, calibrated_frame, gate_mask, smooth_series
+from streamer.scoring import aggregate, calibrated_frame, passes_gate, smooth_series
 from streamer.sources import FolderSource
 
 MOVING_DIFF = 4.0  # mean |frame difference| marking a patch as holding a moving person
@@ -73,8 +73,9 @@ def proxy_samples(
         samples = []  # (t, draw index, or None for the frame as it is; motion energy; gate mask; patches passed)
 
         def add(t, draw, patches):
-            active = gate_mask(patches, spec, sampling_gate)
-            samples.append((t, draw, motion_energy(patches, spec), active, patches[active]))
+            energy = motion_energy(patches, spec)
+            active = passes_gate(energy, sampling_gate)
+            samples.append((t, draw, energy, active, patches[active]))
 
         for t in range(speedup * history, len(frames)):
             add(t, None, patches_from_frames(frames[t - spec.history : t + 1] if spec.history else [frames[t]], spec))
@@ -109,7 +110,7 @@ def proxy_scores_with(card, clips: list, draws: int) -> list[list[dict[int, dict
     for samples in clips:
         clip = [{} for _ in range(draws)]
         for t, draw, energy, raw in samples:
-            active = np.ones(len(raw), bool) if not card.gate else energy >= card.gate["motion_threshold"]
+            active = passes_gate(energy, card.gate)
             if np.isnan(raw[active]).any():
                 raise ValueError("the card's gate passes patches the samples did not score: sample with gate=False")
             score = aggregate(calibrated_frame(raw[active], active, card.calibration), card.scoring)
@@ -123,7 +124,20 @@ def proxy_scores_with(card, clips: list, draws: int) -> list[list[dict[int, dict
     return result
 
 
-def _roc_summary(scores: list[float], labels: list[int]) -> dict:
+def proxy_pairs(per_draw: list[list[dict[int, dict[int, float]]]]) -> tuple[list[float], list[int]]:
+    """(scores, labels) of every frame as it is (once: it is the same in every draw) and every sped-up version."""
+    scores, labels = [], []
+    for draw, clips in enumerate(per_draw):
+        for clip in clips:
+            for variants in clip.values():
+                for label, score in variants.items():
+                    if label or not draw:
+                        scores.append(score)
+                        labels.append(label)
+    return scores, labels
+
+
+def roc_summary(scores: list[float], labels: list[int]) -> dict:
     result = {"frames": len(labels), "anomalous": int(np.sum(labels)), "eer": None, "auc": None}
     if 0 < result["anomalous"] < len(labels):
         fpr, tpr, _ = roc_curve(np.array(scores), np.array(labels))
@@ -141,15 +155,8 @@ def speed_proxy(
     normal frames are the same in every draw and count once).
     EER and AUC are None when the clips hold nobody moving to speed up.
     """
-    scores, labels = [], []
-    for draw, clips in enumerate(_proxy_draws(model, folders, speedup, box, list(range(seed, seed + draws)))):
-        for clip in clips:
-            for variants in clip.values():
-                for label, score in variants.items():
-                    if label or not draw:  # the frames as they are are the same in every draw
-                        scores.append(score)
-                        labels.append(label)
-    return {"speedup": speedup, "draws": draws, **_roc_summary(scores, labels)}
+    scores, labels = proxy_pairs(_proxy_draws(model, folders, speedup, box, list(range(seed, seed + draws))))
+    return {"speedup": speedup, "draws": draws, **roc_summary(scores, labels)}
 
 
 def smoothing_proxy(
@@ -172,5 +179,5 @@ def smoothing_proxy(
                 series.append((clip[t][label], label))
             scores.extend(smooth_series(np.array([s for s, _ in series]), settings))
             labels.extend(label for _, label in series)
-        results[window] = _roc_summary(scores, labels)
+        results[window] = roc_summary(scores, labels)
     return results
