@@ -14,9 +14,15 @@ share of those normal frames whose smoothed score passes the card's
 threshold: false alarms on new normal video (the threshold aims at 1 %), or
 at other training-frame quantiles (`--threshold-quantiles`).
 
-Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max)
-and motion gates (`--gates`) are tried on the same raw patch scores: comparing
-them costs no training.
+Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max),
+motion gates (`--gates`) and smoothing windows (`--windows`) are tried on the
+same raw patch scores: comparing them costs no training.
+
+The EER is frame by frame, before temporal smoothing. Smoothing is judged
+apart, as in benchmarks/smoothing_window.py: each held-out clip alternates
+`--blocks` frames as they are with as many sped-up frames, and the EER of the
+causally smoothed scores says how well the window trades noise against blur
+at the starts and ends of events that long.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from training import data as training_data
 from training.config import TrainConfig
 from training.export import calibrate
 from training.train import train_model
-from training.validation import proxy_pairs, proxy_samples, proxy_scores_with, roc_summary
+from training.validation import block_pairs, proxy_pairs, proxy_samples, proxy_scores_with, roc_summary
 
 
-def variant_cards(card, raw, fitting, mode: str, top_k: int, gate: float | None, threshold_quantiles, export):
+def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
     """The card re-fitted on the fitting clips for one variant, once per threshold quantile."""
-    settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k)
+    mode, top_k, gate, window = variant
+    settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k, window=window)
     cards = []
     for quantile in threshold_quantiles:
         result = calibrate(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate)
@@ -52,9 +59,9 @@ def variant_cards(card, raw, fitting, mode: str, top_k: int, gate: float | None,
 
 
 def run_fold(
-    cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, speedup: int, draws: int, reuse: bool
+    cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, blocks, speedup, draws, reuse
 ) -> dict:
-    """Train without the fold's clips (or reuse that model), then score them under each (calibration, top-k, gate)."""
+    """Train without the fold's clips (or reuse that model), then score them under each variant."""
     logging.basicConfig(level=logging.WARNING)
     name = "+".join(fold)
     cfg = replace(cfg, out=str(out / name), threads=1, data=replace(cfg.data, validation_clips=list(fold)))
@@ -68,8 +75,8 @@ def run_fold(
     raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
     samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
     results = {}
-    for mode, top_k, gate in variants:
-        cards = variant_cards(model.card, raw, fitting, mode, top_k, gate, threshold_quantiles, cfg.export)
+    for variant in variants:
+        cards = variant_cards(model.card, raw, fitting, variant, threshold_quantiles, cfg.export)
         card = cards[0]  # the threshold changes alarms only, not the EER
         per_draw = proxy_scores_with(card, samples, draws)
         alarms, normal = np.zeros(len(cards), int), 0
@@ -77,7 +84,8 @@ def run_fold(
             plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
             alarms += [int((plain > c.scoring.threshold).sum()) for c in cards]
             normal += len(plain)
-        results[(mode, top_k, gate)] = (*proxy_pairs(per_draw), alarms, normal)
+        smoothed = [block_pairs(per_draw, b, card.scoring) for b in blocks]
+        results[variant] = (*proxy_pairs(per_draw), alarms, normal, smoothed)
     return {"fold": name, "results": results}
 
 
@@ -103,6 +111,10 @@ def main() -> None:
     parser.add_argument(
         "--threshold-quantiles", type=float, nargs="+", help="false alarms at these (default: the config's)"
     )
+    parser.add_argument("--windows", type=int, nargs="+", help="causal smoothing windows (default: the config's)")
+    parser.add_argument(
+        "--blocks", type=int, nargs="+", default=[20, 30, 50], help="event lengths for the smoothed EER, frames"
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse fold models already in --out (same config)")
     args = parser.parse_args()
     overrides = {"data": {"root": args.data}} if args.data else None
@@ -110,12 +122,15 @@ def main() -> None:
     names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
     folds = [names[i :: args.folds] for i in range(args.folds)]
     gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
-    variants = list(itertools.product(args.calibrations, args.top_k, gates))
+    windows = args.windows or [cfg.export.scoring.window]
+    variants = list(itertools.product(args.calibrations, args.top_k, gates, windows))
     quantiles = args.threshold_quantiles or [cfg.export.threshold_quantile]
     out = Path(args.out)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         jobs = [
-            pool.submit(run_fold, cfg, fold, out, variants, quantiles, args.speedup, args.draws, args.reuse)
+            pool.submit(
+                run_fold, cfg, fold, out, variants, quantiles, args.blocks, args.speedup, args.draws, args.reuse
+            )
             for fold in folds
         ]
         folds_done = []
@@ -123,18 +138,26 @@ def main() -> None:
             folds_done.append(job.result())
             print(f"fold {folds_done[-1]['fold']} done", flush=True)
     print(f"\n{args.config}: x{args.speedup} speed-up, {args.draws} draws, {args.folds} folds (EER / AUC)")
+    block_heads = "".join(f"{'blocks ' + str(b):>18}" for b in args.blocks)
     alarm_heads = "".join(f"{'alarms@' + format(q, 'g'):>14}" for q in quantiles)
-    print(f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'all folds':>18}{alarm_heads}   per fold")
+    heads = f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'window':>7}{'all folds':>18}"
+    print(f"{heads}{block_heads}{alarm_heads}   per fold")
     for variant in variants:
         pooled_scores, pooled_labels, alarms, normal, per_fold = [], [], 0, 0, []
+        pooled_blocks = [([], []) for _ in args.blocks]
         for done in folds_done:
-            scores, labels, a, n = done["results"][variant]
+            scores, labels, a, n, smoothed = done["results"][variant]
             pooled_scores += scores
             pooled_labels += labels
             alarms, normal = alarms + a, normal + n
+            for (all_scores, all_labels), (s, lab) in zip(pooled_blocks, smoothed):
+                all_scores += s
+                all_labels += lab
             per_fold.append(f"{roc_summary(scores, labels)['eer']:.2%}")
+        mode, top_k, gate, window = variant
         print(
-            f"{variant[0]:<12}{variant[1]:>6}{str(variant[2]):>6}{summary(pooled_scores, pooled_labels):>18}"
+            f"{mode:<12}{top_k:>6}{str(gate):>6}{window:>7}{summary(pooled_scores, pooled_labels):>18}"
+            + "".join(f"{summary(s, lab):>18}" for s, lab in pooled_blocks)
             + "".join(f"{a / normal:>14.2%}" for a in alarms)
             + f"   {' '.join(per_fold)}"
         )

@@ -7,7 +7,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from streamer.model import PatchModel
-from training.validation import proxy_frame_scores, proxy_samples, proxy_scores_with, smoothing_proxy, speed_proxy
+from streamer.scoring import ScoringSettings
+from training.validation import (
+    block_pairs,
+    proxy_frame_scores,
+    proxy_samples,
+    proxy_scores_with,
+    smoothing_proxy,
+    speed_proxy,
+)
 
 
 def clips(synthetic_ped2):
@@ -67,6 +75,15 @@ def test_smoothing_proxy_alternates_blocks_and_smooths_causally(tiny_model, synt
     assert results[1]["frames"] == results[3]["frames"] == len(labels)
     assert results[3]["anomalous"] == sum(labels)
     assert abs(results[3]["auc"] - roc_auc_score(labels, scores)) < 1e-9
+
+
+def test_block_pairs_keep_frames_without_a_mover_normal_and_pool_the_draws():
+    # frames 0-1 as they are, 2-3 sped up where someone moves (frame 3: nobody), 4 as it is
+    clip = {0: {0: 1.0, 1: 9.0}, 1: {0: 1.0, 1: 9.0}, 2: {0: 1.0, 1: 5.0}, 3: {0: 2.0}, 4: {0: 3.0, 1: 9.0}}
+    other_draw = {t: {0: v[0], **({1: 7.0} if 1 in v else {})} for t, v in clip.items()}
+    scores, labels = block_pairs([[clip], [other_draw]], block=2, settings=ScoringSettings(window=2))
+    assert labels == [0, 0, 1, 0, 0] * 2
+    assert scores == [1.0, 1.0, 3.0, 3.5, 2.5] + [1.0, 1.0, 4.0, 4.5, 2.5]
 
 
 def test_ungated_samples_rescored_under_the_cards_gate_match_the_gated_proxy(tiny_model, synthetic_ped2):

@@ -21,7 +21,7 @@ import numpy as np
 from streamer.metrics import auc, eer, roc_curve
 from streamer.model import PatchModel
 from streamer.patches import PatchExtractor, extract_patches, motion_energy, patches_from_frames
-from streamer.scoring import aggregate, calibrated_frame, passes_gate, smooth_series
+from streamer.scoring import ScoringSettings, aggregate, calibrated_frame, passes_gate, smooth_series
 from streamer.sources import FolderSource
 
 MOVING_DIFF = 4.0  # mean |frame difference| marking a patch as holding a moving person
@@ -159,25 +159,31 @@ def speed_proxy(
     return {"speedup": speedup, "draws": draws, **roc_summary(scores, labels)}
 
 
-def smoothing_proxy(
-    model: PatchModel, folders: list[os.PathLike], windows: list[int], block: int = 30, speedup: int = 2, seed: int = 0
-) -> dict[int, dict]:
-    """EER/AUC per causal mean-smoothing window on clips that alternate `block` normal and sped-up frames.
+def block_pairs(
+    per_draw: list[list[dict[int, dict[int, float]]]], block: int, settings: ScoringSettings
+) -> tuple[list[float], list[int]]:
+    """Causally smoothed (scores, labels) of each clip and draw alternating `block` frames as they are and sped up.
 
     Anomalies last seconds, not single frames; smoothing trades noise against blur at
     the starts and ends, and this measures that trade on training data alone.
     """
+    scores, labels = [], []
+    for clips in per_draw:
+        for clip in clips:
+            series = [int((t // block) % 2 == 1 and 1 in clip[t]) for t in sorted(clip)]
+            plain_or_faster = [clip[t][label] for t, label in zip(sorted(clip), series)]
+            scores.extend(smooth_series(np.array(plain_or_faster), settings))
+            labels.extend(series)
+    return scores, labels
+
+
+def smoothing_proxy(
+    model: PatchModel, folders: list[os.PathLike], windows: list[int], block: int = 30, speedup: int = 2, seed: int = 0
+) -> dict[int, dict]:
+    """EER/AUC per causal mean-smoothing window on clips that alternate `block` normal and sped-up frames."""
     clips = proxy_frame_scores(model, folders, speedup, seed=seed)
     results = {}
     for window in windows:
         settings = replace(model.card.scoring, smoothing="mean", window=window)
-        scores, labels = [], []
-        for clip in clips:
-            series = []
-            for t in sorted(clip):
-                label = int((t // block) % 2 == 1 and 1 in clip[t])
-                series.append((clip[t][label], label))
-            scores.extend(smooth_series(np.array([s for s, _ in series]), settings))
-            labels.extend(label for _, label in series)
-        results[window] = roc_summary(scores, labels)
+        results[window] = roc_summary(*block_pairs([clips], block, settings))
     return results
