@@ -48,6 +48,9 @@ class PatchSpec:
     motion: str = "diff"
     depth: int = 2  # frames in a 'stack'; ignored by the other modes
     flow_scale: float = 0.75  # 'flow': resolution factor the flow is computed at
+    flow_levels: int = 1  # Farneback pyramid levels: more follow larger displacements
+    flow_window: int = 7  # Farneback averaging window, pixels: larger is smoother, blurs small movers
+    flow_iterations: int = 1  # Farneback iterations per level
     flow_max: float = 8.0  # 'flow': pixels per frame (at working resolution) stored as 255
     flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)  # 'flowbins': lower edges of the speed bands, px/frame
     appearance: bool = True  # False drops I_t from 'diff', 'flow' and 'flowbins': motion channels only
@@ -62,6 +65,11 @@ class PatchSpec:
             raise ValueError(f"a temporal stack needs depth >= 2, got {self.depth}")
         if not 0 < self.flow_scale <= 1 or self.flow_max <= 0:
             raise ValueError(f"flow_scale must be in (0, 1] and flow_max > 0, got {self.flow_scale}, {self.flow_max}")
+        if min(self.flow_levels, self.flow_iterations) < 1 or self.flow_window < 3:
+            raise ValueError(
+                f"flow_levels and flow_iterations must be >= 1 and flow_window >= 3, got "
+                f"{self.flow_levels}, {self.flow_iterations}, {self.flow_window}"
+            )
         bins = tuple(float(b) for b in self.flow_bins)
         if not bins or bins[0] <= 0 or any(b >= c for b, c in zip(bins, bins[1:])):
             raise ValueError(f"flow_bins must be positive and increasing, got {self.flow_bins}")
@@ -121,16 +129,17 @@ def patch_boxes(height: int, width: int, size: int, stride: int) -> np.ndarray:
     )
 
 
-def flow_speed(previous: np.ndarray, current: np.ndarray, scale: float) -> np.ndarray:
-    """Dense optical-flow speed, float32 pixels per frame at the frames' resolution."""
+def flow_speed(
+    previous: np.ndarray, current: np.ndarray, scale: float, levels: int = 1, window: int = 7, iterations: int = 1
+) -> np.ndarray:
+    """Dense Farneback optical-flow speed, float32 pixels per frame at the frames' resolution."""
     h, w = current.shape
     if scale != 1:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         previous = cv2.resize(previous, size, interpolation=cv2.INTER_AREA)
         current = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
-    # One pyramid level, a 7-pixel window and one iteration: fast settings that
-    # scored best on the training-data speed proxy (see README, "How hyperparameters were chosen").
-    flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 1, 7, 1, 5, 1.1, 0)
+    # Pyramid levels, window and iterations come from the patch spec (README, "How the settings were chosen").
+    flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, levels, window, iterations, 5, 1.1, 0)
     speed = cv2.magnitude(flow[..., 0], flow[..., 1])
     if scale != 1:
         speed = cv2.resize(speed, (w, h), interpolation=cv2.INTER_LINEAR) / scale
@@ -153,7 +162,9 @@ def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
     if spec.motion == "diff":
         motion = cv2.absdiff(current, frames[-2])[None]
     else:
-        speed = flow_speed(frames[-2], current, spec.flow_scale)
+        speed = flow_speed(
+            frames[-2], current, spec.flow_scale, spec.flow_levels, spec.flow_window, spec.flow_iterations
+        )
         if spec.motion == "flow":
             motion = cv2.convertScaleAbs(speed, alpha=255.0 / spec.flow_max)[None]
         else:

@@ -5,6 +5,7 @@ import pytest
 from streamer.patches import (
     PatchExtractor,
     PatchSpec,
+    channel_planes,
     extract_patches,
     flow_speed,
     grid_origins,
@@ -75,6 +76,15 @@ def test_flow_channel_measures_speed():
     assert half.shape == a.shape and half[40:50, 50:60].mean() == pytest.approx(4.0, abs=1.5)
 
 
+def test_the_specs_farneback_settings_reach_the_flow():
+    frames = synthetic_frames(2, speed=6, seed=3)
+    for levels, window in [(1, 7), (3, 15)]:
+        spec = PatchSpec(motion="flowbins", appearance=False, flow_scale=1.0, flow_levels=levels, flow_window=window)
+        expected = speed_bins(flow_speed(*frames, 1.0, levels=levels, window=window), spec.flow_bins)
+        assert np.array_equal(channel_planes(frames, spec), expected)
+    assert not np.array_equal(flow_speed(*frames, 1.0), flow_speed(*frames, 1.0, levels=3, window=15))
+
+
 def test_speed_bins():
     speed = np.array([[0.2, 0.5, 1.0], [1.5, 2.9, 7.0]], np.float32)
     bins = speed_bins(speed, (0.5, 1.5, 3.0))
@@ -117,6 +127,9 @@ def test_frames_are_resized_and_boxes_mapped_back():
         dict(motion="stack", depth=1),
         dict(frame_size=(20, 90)),
         dict(flow_scale=0),
+        dict(flow_levels=0),
+        dict(flow_iterations=0),
+        dict(flow_window=2),
     ],
 )
 def test_invalid_specs(kwargs):
@@ -125,8 +138,11 @@ def test_invalid_specs(kwargs):
 
 
 def test_spec_round_trip():
-    spec = PatchSpec(motion="flow", frame_size=(240, 360))
+    spec = PatchSpec(motion="flow", frame_size=(240, 360), flow_levels=3, flow_window=15)
     assert PatchSpec.from_dict(spec.to_dict()) == spec
+    new_keys = ("flow_levels", "flow_window", "flow_iterations")
+    older_card = {k: v for k, v in spec.to_dict().items() if k not in new_keys}
+    assert PatchSpec.from_dict(older_card).flow_levels == 1  # cards written before these settings: the old flow
     with pytest.raises(ValueError, match="unknown"):
         PatchSpec.from_dict({**spec.to_dict(), "colour": True})
 

@@ -29,6 +29,9 @@ class PatchConfig:
     motion: Literal["none", "diff", "flow", "flowbins", "stack"] = "flow"
     depth: int = 2
     flow_scale: float = 0.75
+    flow_levels: int = 1
+    flow_window: int = 7
+    flow_iterations: int = 1
     flow_max: float = 8.0
     flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)
     appearance: bool = True
