@@ -19,7 +19,7 @@ motion gates (`--gates`) and smoothing windows (`--windows`) are tried on the
 same raw patch scores: comparing them costs no training.
 
 The EER is frame by frame, before temporal smoothing. Smoothing is judged
-apart, as in benchmarks/smoothing_window.py: each held-out clip alternates
+apart (`validation.block_pairs`): each held-out clip alternates
 `--blocks` frames as they are with as many sped-up frames, and the EER of the
 causally smoothed scores says how well the window trades noise against blur
 at the starts and ends of events that long.

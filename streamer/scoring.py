@@ -95,7 +95,7 @@ class ScoringSettings:
     aggregation: str = "max"  # max over patches, or mean of the top_k
     top_k: int = 3
     smoothing: str = "mean"  # causal: moving mean over the last `window` frames, or EMA
-    window: int = 5
+    window: int = 3  # frames; chosen on the cross-validated proxy (README)
     alpha: float = 0.3  # EMA weight of the newest frame
     threshold: float = 1.0  # on the smoothed frame score
 

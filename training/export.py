@@ -151,7 +151,8 @@ def calibrate(
     percentiles = {f"p{q:g}": float(np.quantile(raw, q / 100)) for q in (50, 90, 99, 99.9)}
     rule = (
         f"{threshold_quantile:.1%} quantile of smoothed frame scores on {data.frames} normal training frames "
-        f"(expected false-alarm rate on normal video about {1 - threshold_quantile:.1%} of frames)"
+        f"({1 - threshold_quantile:.1%} of them pass it; normal video the model has not seen passes more often: "
+        "the cross-validated proxy measures how much, README)"
     )
     log.info("threshold %.3f: %s", threshold, rule)
     return CalibrationResult(calibration, gate, threshold, percentiles, rule)

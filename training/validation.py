@@ -13,7 +13,6 @@ figure used to choose hyperparameters (see README).
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -175,15 +174,3 @@ def block_pairs(
             scores.extend(smooth_series(np.array(plain_or_faster), settings))
             labels.extend(series)
     return scores, labels
-
-
-def smoothing_proxy(
-    model: PatchModel, folders: list[os.PathLike], windows: list[int], block: int = 30, speedup: int = 2, seed: int = 0
-) -> dict[int, dict]:
-    """EER/AUC per causal mean-smoothing window on clips that alternate `block` normal and sped-up frames."""
-    clips = proxy_frame_scores(model, folders, speedup, seed=seed)
-    results = {}
-    for window in windows:
-        settings = replace(model.card.scoring, smoothing="mean", window=window)
-        results[window] = roc_summary(*block_pairs([clips], block, settings))
-    return results
