@@ -129,17 +129,17 @@ def patch_boxes(height: int, width: int, size: int, stride: int) -> np.ndarray:
     )
 
 
-def flow_speed(
-    previous: np.ndarray, current: np.ndarray, scale: float, levels: int = 1, window: int = 7, iterations: int = 1
-) -> np.ndarray:
-    """Dense Farneback optical-flow speed, float32 pixels per frame at the frames' resolution."""
+def flow_speed(previous: np.ndarray, current: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """Dense Farneback optical-flow speed (the spec's flow settings), float32 pixels per frame at full resolution."""
     h, w = current.shape
+    scale = spec.flow_scale
     if scale != 1:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         previous = cv2.resize(previous, size, interpolation=cv2.INTER_AREA)
         current = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
-    # Pyramid levels, window and iterations come from the patch spec (README, "How the settings were chosen").
-    flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, levels, window, iterations, 5, 1.1, 0)
+    flow = cv2.calcOpticalFlowFarneback(
+        previous, current, None, 0.5, spec.flow_levels, spec.flow_window, spec.flow_iterations, 5, 1.1, 0
+    )
     speed = cv2.magnitude(flow[..., 0], flow[..., 1])
     if scale != 1:
         speed = cv2.resize(speed, (w, h), interpolation=cv2.INTER_LINEAR) / scale
@@ -162,9 +162,7 @@ def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
     if spec.motion == "diff":
         motion = cv2.absdiff(current, frames[-2])[None]
     else:
-        speed = flow_speed(
-            frames[-2], current, spec.flow_scale, spec.flow_levels, spec.flow_window, spec.flow_iterations
-        )
+        speed = flow_speed(frames[-2], current, spec)
         if spec.motion == "flow":
             motion = cv2.convertScaleAbs(speed, alpha=255.0 / spec.flow_max)[None]
         else:

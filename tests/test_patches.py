@@ -69,20 +69,25 @@ def test_flow_channel_measures_speed():
     a, b = background.copy(), background.copy()
     a[30:60, 40:70] = square
     b[30:60, 44:74] = square
-    speed = flow_speed(a, b, scale=1.0)
+    speed = flow_speed(a, b, PatchSpec(motion="flow", flow_scale=1.0))
     assert speed[40:50, 50:60].mean() == pytest.approx(4.0, abs=1.0)
     assert speed[:15, :15].mean() < 0.2
-    half = flow_speed(a, b, scale=0.5)  # computed at half size, reported in full-size pixels
+    # computed at half size, reported in full-size pixels
+    half = flow_speed(a, b, PatchSpec(motion="flow", flow_scale=0.5))
     assert half.shape == a.shape and half[40:50, 50:60].mean() == pytest.approx(4.0, abs=1.5)
 
 
 def test_the_specs_farneback_settings_reach_the_flow():
     frames = synthetic_frames(2, speed=6, seed=3)
+    planes = []
     for levels, window in [(1, 7), (3, 15)]:
         spec = PatchSpec(motion="flowbins", appearance=False, flow_scale=1.0, flow_levels=levels, flow_window=window)
-        expected = speed_bins(flow_speed(*frames, 1.0, levels=levels, window=window), spec.flow_bins)
-        assert np.array_equal(channel_planes(frames, spec), expected)
-    assert not np.array_equal(flow_speed(*frames, 1.0), flow_speed(*frames, 1.0, levels=3, window=15))
+        planes.append(channel_planes(frames, spec))
+        assert np.array_equal(planes[-1], speed_bins(flow_speed(*frames, spec), spec.flow_bins))
+    assert not np.array_equal(planes[0], planes[1])
+    full_resolution = PatchSpec(motion="flow", flow_scale=1.0)
+    pyramid = PatchSpec(motion="flow", flow_scale=1.0, flow_levels=3, flow_window=15)
+    assert not np.array_equal(flow_speed(*frames, full_resolution), flow_speed(*frames, pyramid))
 
 
 def test_speed_bins():

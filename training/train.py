@@ -33,21 +33,7 @@ log = logging.getLogger(__name__)
 
 def build_spec(cfg: TrainConfig, first_folder) -> PatchSpec:
     """The patch spec, with the working frame size fixed to the training frames' size."""
-    p = cfg.patches
-    return PatchSpec(
-        size=p.size,
-        stride=p.stride,
-        motion=p.motion,
-        depth=p.depth,
-        flow_scale=p.flow_scale,
-        flow_levels=p.flow_levels,
-        flow_window=p.flow_window,
-        flow_iterations=p.flow_iterations,
-        flow_max=p.flow_max,
-        flow_bins=p.flow_bins,
-        appearance=p.appearance,
-        frame_size=training_data.frame_size_of(first_folder),
-    )
+    return PatchSpec(**asdict(cfg.patches), frame_size=training_data.frame_size_of(first_folder))
 
 
 def split_clips(cfg: TrainConfig, folders: list) -> tuple[list, list]:
