@@ -12,7 +12,8 @@ proxy's normal frames are all the training frames, each unseen by the model
 and its calibration, as test frames are. Besides the EER it reports the
 share of those normal frames whose smoothed score passes the card's
 threshold: false alarms on new normal video (the threshold aims at 1 %), or
-at other training-frame quantiles (`--threshold-quantiles`).
+at other training-frame quantiles (`--threshold-quantiles`), and which clips
+they come from.
 
 Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max),
 motion gates (`--gates`) and smoothing windows (`--windows`) are tried on the
@@ -79,13 +80,12 @@ def run_fold(
         cards = variant_cards(model.card, raw, fitting, variant, threshold_quantiles, cfg.export)
         card = cards[0]  # the threshold changes alarms only, not the EER
         per_draw = proxy_scores_with(card, samples, draws)
-        alarms, normal = np.zeros(len(cards), int), 0
-        for clip in per_draw[0]:  # the frames as they are: the same in every draw
+        alarms = {}  # clip -> (frames passing each quantile's threshold, frames)
+        for clip_name, clip in zip(fold, per_draw[0]):  # the frames as they are: the same in every draw
             plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
-            alarms += [int((plain > c.scoring.threshold).sum()) for c in cards]
-            normal += len(plain)
+            alarms[clip_name] = (np.array([int((plain > c.scoring.threshold).sum()) for c in cards]), len(plain))
         smoothed = [block_pairs(per_draw, b, card.scoring) for b in blocks]
-        results[variant] = (*proxy_pairs(per_draw), alarms, normal, smoothed)
+        results[variant] = (*proxy_pairs(per_draw), alarms, smoothed)
     return {"fold": name, "results": results}
 
 
@@ -142,24 +142,35 @@ def main() -> None:
     alarm_heads = "".join(f"{'alarms@' + format(q, 'g'):>14}" for q in quantiles)
     heads = f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'window':>7}{'all folds':>18}"
     print(f"{heads}{block_heads}{alarm_heads}   per fold")
+    clip_reports = []
     for variant in variants:
-        pooled_scores, pooled_labels, alarms, normal, per_fold = [], [], 0, 0, []
+        pooled_scores, pooled_labels, clip_alarms, per_fold = [], [], {}, []
         pooled_blocks = [([], []) for _ in args.blocks]
         for done in folds_done:
-            scores, labels, a, n, smoothed = done["results"][variant]
+            scores, labels, by_clip, smoothed = done["results"][variant]
             pooled_scores += scores
             pooled_labels += labels
-            alarms, normal = alarms + a, normal + n
+            clip_alarms.update(by_clip)
             for (all_scores, all_labels), (s, lab) in zip(pooled_blocks, smoothed):
                 all_scores += s
                 all_labels += lab
             per_fold.append(f"{roc_summary(scores, labels)['eer']:.2%}")
+        alarms = sum(a for a, _ in clip_alarms.values())
+        normal = sum(n for _, n in clip_alarms.values())
         mode, top_k, gate, window = variant
         print(
             f"{mode:<12}{top_k:>6}{str(gate):>6}{window:>7}{summary(pooled_scores, pooled_labels):>18}"
             + "".join(f"{summary(s, lab):>18}" for s, lab in pooled_blocks)
             + "".join(f"{a / normal:>14.2%}" for a in alarms)
             + f"   {' '.join(per_fold)}"
+        )
+        clip_reports.append((variant, clip_alarms))
+    # Where the false alarms come from: a few clips can hold most of them (e.g. crowds).
+    print(f"\nfalse alarms by clip at the {format(quantiles[0], 'g')} threshold (frames passing / frames)")
+    for (mode, top_k, gate, window), clip_alarms in clip_reports:
+        ranked = sorted(clip_alarms.items(), key=lambda item: -item[1][0][0] / item[1][1])
+        print(
+            f"{mode} top-{top_k} gate {gate} window {window}: " + ", ".join(f"{c} {a[0]}/{n}" for c, (a, n) in ranked)
         )
 
 
