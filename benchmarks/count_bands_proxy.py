@@ -22,14 +22,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from crossval_proxy import variant_cards
+from crossval_proxy import fold_scores, variant_cards
 
 from streamer import config as config_io
 from streamer.model import PatchModel
 from streamer.scoring import aggregate, calibrated_frame, passes_gate
 from training import data as training_data
 from training.config import TrainConfig
-from training.validation import proxy_samples, roc_summary
+from training.validation import roc_summary
 
 WAYS = ("as the card scores", "minus a line in log(1 + moving patches)", "calibrated within count bands")
 
@@ -42,12 +42,8 @@ def frame_score(raw: np.ndarray, energy: np.ndarray, card) -> tuple[float, int]:
 
 def run_fold(fold: list[str], cfg: TrainConfig, models: Path, bands: int) -> list[tuple[int, tuple[float, ...]]]:
     """(label, scores the three ways) of every proxy frame of the fold's clips."""
-    folders = dict(training_data.ped2_training_folders(cfg.data.root))
     model = PatchModel(models / f"{'+'.join(fold)}.onnx", device="cpu", threads=1)
-    fitting = training_data.read_clips(
-        [(n, p) for n, p in folders.items() if n not in fold], model.card.patch, progress=False
-    )
-    raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
+    fitting, raw, samples = fold_scores(model, cfg, fold, speedup=2, draws=2)
     card = variant_cards(model.card, raw, fitting, ("global", 3, cfg.export.gate_max_hidden, 1), [0.99], cfg.export)[0]
     energy = fitting.energy.reshape(fitting.frames, -1)
     fit = np.array([frame_score(r, e, card) for r, e in zip(raw, energy)])
@@ -57,7 +53,7 @@ def run_fold(fold: list[str], cfg: TrainConfig, models: Path, bands: int) -> lis
     median = np.array([np.median(fit[band_of == b, 0]) for b in range(bands)])
     spread = np.array([np.quantile(fit[band_of == b, 0], 0.99) for b in range(bands)]) - median
     rows = []
-    for clip in proxy_samples(model, [folders[n] for n in fold], 2, 48, [0, 1], gate=False):
+    for clip in samples:
         for _, draw, sample_energy, sample_raw in clip:
             score, count = frame_score(sample_raw, sample_energy, card)
             band = np.digitize(count, edges)

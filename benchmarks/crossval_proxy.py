@@ -59,6 +59,21 @@ def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
     return cards
 
 
+def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: int, draws: int):
+    """The fold model's raw patch scores (frames, positions) on its fitting clips, and its proxy samples.
+
+    Fitting clips: every training clip outside the fold. Proxy samples: the
+    fold's own clips as they are and with one person sped up, every patch scored.
+    """
+    folders = dict(training_data.ped2_training_folders(cfg.data.root))
+    fitting = training_data.read_clips(
+        [(n, p) for n, p in folders.items() if n not in fold], model.card.patch, progress=False
+    )
+    raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
+    samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
+    return fitting, raw, samples
+
+
 def run_fold(
     cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, blocks, speedup, draws, reuse
 ) -> dict:
@@ -69,12 +84,7 @@ def run_fold(
     if not (reuse and Path(cfg.out).with_suffix(".onnx").is_file()):
         train_model(cfg, progress=False)
     model = PatchModel(Path(cfg.out).with_suffix(".onnx"), device="cpu", threads=1)
-    folders = dict(training_data.ped2_training_folders(cfg.data.root))
-    fitting = training_data.read_clips(
-        [(n, p) for n, p in folders.items() if n not in fold], model.card.patch, progress=False
-    )
-    raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
-    samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
+    fitting, raw, samples = fold_scores(model, cfg, fold, speedup, draws)
     results = {}
     for variant in variants:
         cards = variant_cards(model.card, raw, fitting, variant, threshold_quantiles, cfg.export)
