@@ -16,8 +16,9 @@ at other training-frame quantiles (`--threshold-quantiles`), and which clips
 they come from.
 
 Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max),
-motion gates (`--gates`) and smoothing windows (`--windows`) are tried on the
-same raw patch scores: comparing them costs no training.
+motion gates (`--gates`), count bands (`--count-bands`, 0 = none) and
+smoothing windows (`--windows`) are tried on the same raw patch scores:
+comparing them costs no training.
 
 The EER is frame by frame, before temporal smoothing. Smoothing is judged
 apart (`validation.block_pairs`): each held-out clip alternates
@@ -49,13 +50,17 @@ from training.validation import block_pairs, proxy_pairs, proxy_samples, proxy_s
 
 def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
     """The card re-fitted on the fitting clips for one variant, once per threshold quantile."""
-    mode, top_k, gate, window = variant
+    mode, top_k, gate, bands, window = variant
     settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k, window=window)
     cards = []
     for quantile in threshold_quantiles:
-        result = calibrate(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate)
+        result = calibrate(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate, bands)
         scoring = replace(settings, threshold=result.threshold)
-        cards.append(replace(card, calibration=result.calibration, gate=result.gate, scoring=scoring))
+        cards.append(
+            replace(
+                card, calibration=result.calibration, gate=result.gate, count_bands=result.count_bands, scoring=scoring
+            )
+        )
     return cards
 
 
@@ -121,6 +126,9 @@ def main() -> None:
     parser.add_argument(
         "--threshold-quantiles", type=float, nargs="+", help="false alarms at these (default: the config's)"
     )
+    parser.add_argument(
+        "--count-bands", type=int, nargs="+", help="bands of the moving-patch count, 0 = none (default: the config's)"
+    )
     parser.add_argument("--windows", type=int, nargs="+", help="causal smoothing windows (default: the config's)")
     parser.add_argument(
         "--blocks", type=int, nargs="+", default=[20, 30, 50], help="event lengths for the smoothed EER, frames"
@@ -132,8 +140,9 @@ def main() -> None:
     names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
     folds = [names[i :: args.folds] for i in range(args.folds)]
     gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
+    count_bands = args.count_bands if args.count_bands is not None else [cfg.export.count_bands]
     windows = args.windows or [cfg.export.scoring.window]
-    variants = list(itertools.product(args.calibrations, args.top_k, gates, windows))
+    variants = list(itertools.product(args.calibrations, args.top_k, gates, count_bands, windows))
     quantiles = args.threshold_quantiles or [cfg.export.threshold_quantile]
     out = Path(args.out)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -150,7 +159,7 @@ def main() -> None:
     print(f"\n{args.config}: x{args.speedup} speed-up, {args.draws} draws, {args.folds} folds (EER / AUC)")
     block_heads = "".join(f"{'blocks ' + str(b):>18}" for b in args.blocks)
     alarm_heads = "".join(f"{'alarms@' + format(q, 'g'):>14}" for q in quantiles)
-    heads = f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'window':>7}{'all folds':>18}"
+    heads = f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'bands':>6}{'window':>7}{'all folds':>18}"
     print(f"{heads}{block_heads}{alarm_heads}   per fold")
     clip_reports = []
     for variant in variants:
@@ -167,9 +176,9 @@ def main() -> None:
             per_fold.append(f"{roc_summary(scores, labels)['eer']:.2%}")
         alarms = sum(a for a, _ in clip_alarms.values())
         normal = sum(n for _, n in clip_alarms.values())
-        mode, top_k, gate, window = variant
+        mode, top_k, gate, bands, window = variant
         print(
-            f"{mode:<12}{top_k:>6}{str(gate):>6}{window:>7}{summary(pooled_scores, pooled_labels):>18}"
+            f"{mode:<12}{top_k:>6}{str(gate):>6}{bands:>6}{window:>7}{summary(pooled_scores, pooled_labels):>18}"
             + "".join(f"{summary(s, lab):>18}" for s, lab in pooled_blocks)
             + "".join(f"{a / normal:>14.2%}" for a in alarms)
             + f"   {' '.join(per_fold)}"
@@ -177,10 +186,11 @@ def main() -> None:
         clip_reports.append((variant, clip_alarms))
     # Where the false alarms come from: a few clips can hold most of them (e.g. crowds).
     print(f"\nfalse alarms by clip at the {format(quantiles[0], 'g')} threshold (frames passing / frames)")
-    for (mode, top_k, gate, window), clip_alarms in clip_reports:
+    for (mode, top_k, gate, bands, window), clip_alarms in clip_reports:
         ranked = sorted(clip_alarms.items(), key=lambda item: -item[1][0][0] / item[1][1])
         print(
-            f"{mode} top-{top_k} gate {gate} window {window}: " + ", ".join(f"{c} {a[0]}/{n}" for c, (a, n) in ranked)
+            f"{mode} top-{top_k} gate {gate} bands {bands} window {window}: "
+            + ", ".join(f"{c} {a[0]}/{n}" for c, (a, n) in ranked)
         )
 
 

@@ -1,7 +1,7 @@
 """Offline scoring of a frame stream: the pipeline's stages composed in one process.
 
 The live pipeline splits the same calls over processes (patch stage: `push` +
-`gate_mask`; scorer: `raw_scores` + `calibrated_frame` + `aggregate`; alert
+`gate_mask`; scorer: `raw_scores` + `calibrated_frame` + `frame_score`; alert
 stage: `CausalSmoother`), so offline and live scores agree.
 """
 
@@ -14,14 +14,14 @@ import numpy as np
 
 from .model import PatchModel
 from .patches import PatchExtractor
-from .scoring import CausalSmoother, ScoringSettings, aggregate, calibrated_frame, gate_mask
+from .scoring import CausalSmoother, ScoringSettings, calibrated_frame, frame_score, gate_mask
 from .sources import Frame
 
 
 @dataclass
 class FrameResult:
     index: int  # the source's 1-based frame number
-    score: float  # aggregated calibrated score, before smoothing
+    score: float  # frame score (aggregated, count-band calibrated), before smoothing
     smoothed: float  # what is compared with the threshold
     patch_scores: np.ndarray  # (P,) calibrated, 0 where the gate passed nothing
     active: int  # patches that reached the network
@@ -61,5 +61,5 @@ class Detector:
         for index, patches, active in batch:
             calibrated = calibrated_frame(raw[offset : offset + len(patches)], active, self.card.calibration)
             offset += len(patches)
-            score = aggregate(calibrated, self.settings)
+            score = frame_score(calibrated, len(patches), self.settings, self.card.count_bands)
             yield FrameResult(index, score, self.smoother.update(score), calibrated, len(patches))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .patches import PatchSpec, patch_boxes, to_model_input
-from .scoring import Calibration, ScoringSettings
+from .scoring import Calibration, CountBands, ScoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class ModelCard:
     created: str = ""
     # {"file": "X.encoder.onnx", "sha256": ..., "latent": L}: patches -> latents, for `vad select`.
     encoder: dict | None = None
+    count_bands: CountBands | None = None  # frame-score calibration by moving-patch count; older cards lack it
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class ModelCard:
             "calibration": self.calibration.to_dict(),
             "score_percentiles": self.score_percentiles,
             "gate": self.gate,
+            "count_bands": None if self.count_bands is None else self.count_bands.to_dict(),
             "scoring": self.scoring.to_dict(),
             "threshold_rule": self.threshold_rule,
             "training": self.training,
@@ -104,6 +106,7 @@ class ModelCard:
                 commit=d.get("commit", ""),
                 created=d.get("created", ""),
                 encoder=d.get("encoder"),
+                count_bands=None if d.get("count_bands") is None else CountBands.from_dict(d["count_bands"]),
             )
         except KeyError as e:
             raise ModelError(f"model card lacks the field {e.args[0]!r}") from None

@@ -1,6 +1,7 @@
 """From raw patch scores to one frame score, the same way offline and live.
 
   raw patch scores --calibrate--> calibrated patch scores --aggregate--> frame score
+  frame score --count bands (optional)--> frame score calibrated for how many patches move
   frame scores --causal smoothing--> smoothed score, compared with the threshold
 
 Calibration comes from training data only (stored in the model card): per patch
@@ -10,6 +11,13 @@ a high quantile of normal training scores. So 0 is a typical normal patch and 1
 is a patch as unusual as the top 1 % of normal ones, whatever the model.
 
 A patch the cascade gate rejects (no motion) is confidently normal and counts 0.
+
+Count bands: the mean of the top patch scores runs higher when more patches
+move (a crowd offers more chances of an unusual patch), so crowded normal
+scenes raise most false alarms. With count bands in the card, a frame score is
+calibrated again among training frames with about as many gate-passing
+patches: the band's median and spread. The count is the frame's own, so this
+is causal and the live scorer computes it the same way.
 """
 
 from __future__ import annotations
@@ -89,6 +97,82 @@ class Calibration:
 
 
 @dataclass
+class CountBands:
+    """Frame-score calibration per band of the gate-passing patch count; band b holds edges[b-1] <= count < edges[b]."""
+
+    edges: np.ndarray  # (B - 1,) increasing counts
+    loc: np.ndarray  # (B,) median training frame score in each band
+    scale: np.ndarray  # (B,) its spread up to `quantile`
+    quantile: float = 0.99
+
+    MIN_FRAMES = 100  # per band: a 99th percentile needs about this many frames
+
+    def __post_init__(self):
+        self.edges = np.asarray(self.edges, dtype=np.float64).reshape(-1)
+        self.loc = np.asarray(self.loc, dtype=np.float64).reshape(-1)
+        self.scale = np.asarray(self.scale, dtype=np.float64).reshape(-1)
+        if self.loc.size == 0 or self.loc.shape != self.scale.shape or self.edges.size != self.loc.size - 1:
+            raise ValueError("count bands need B locs and scales and B - 1 edges")
+        if np.any(np.diff(self.edges) <= 0):
+            raise ValueError("count band edges must increase")
+        if not np.all(np.isfinite(self.loc)) or not np.all(self.scale > 0):
+            raise ValueError("count bands need finite locs and positive scales")
+
+    @classmethod
+    def fit(
+        cls,
+        scores: np.ndarray,
+        counts: np.ndarray,
+        bands: int = 5,
+        quantile: float = 0.99,
+        min_scale_fraction: float = 0.25,
+    ) -> "CountBands":
+        """Fit on the frame scores of normal training frames and their gate-passing patch counts.
+
+        Edges are quantiles of the counts (counts that occur); an edge that would leave a band with
+        fewer than MIN_FRAMES frames is dropped, so few or tied counts give fewer
+        bands (one band: a plain frame-score calibration). Scales are floored at
+        `min_scale_fraction` of the all-frames scale, so a band of near-constant
+        scores (e.g. empty scenes) does not turn small changes into alarms.
+        """
+        scores, counts = np.asarray(scores, np.float64), np.asarray(counts, np.float64)
+        if scores.shape != counts.shape or scores.ndim != 1 or len(scores) < 2:
+            raise ValueError("count bands need one score and one count per frame, at least 2 frames")
+        edges: list[float] = []
+        for edge in np.unique(np.quantile(counts, np.arange(1, bands) / bands, method="higher")):
+            lower = edges[-1] if edges else -np.inf
+            below, above = ((counts >= lower) & (counts < edge)).sum(), (counts >= edge).sum()
+            if below >= cls.MIN_FRAMES and above >= cls.MIN_FRAMES:
+                edges.append(float(edge))
+        band_of = np.digitize(counts, edges)
+        loc = np.array([np.median(scores[band_of == b]) for b in range(len(edges) + 1)])
+        spread = np.array([np.quantile(scores[band_of == b], quantile) for b in range(len(edges) + 1)]) - loc
+        floor = max(min_scale_fraction * (np.quantile(scores, quantile) - np.median(scores)), 1e-12)
+        return cls(edges, loc, np.maximum(spread, floor), quantile)
+
+    def apply(self, score: float, count: int) -> float:
+        band = int(np.digitize(count, self.edges))
+        return float((score - self.loc[band]) / self.scale[band])
+
+    def level(self, value: float, count: int) -> float:
+        """The aggregated score that `apply` maps to `value` for a frame with `count` gate-passing patches."""
+        band = int(np.digitize(count, self.edges))
+        return float(self.loc[band] + value * self.scale[band])
+
+    def to_dict(self) -> dict:
+        return {
+            "quantile": self.quantile,
+            "edges": [float(v) for v in self.edges],
+            "loc": [float(v) for v in self.loc],
+            "scale": [float(v) for v in self.scale],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CountBands":
+        return cls(d["edges"], d["loc"], d["scale"], d.get("quantile", 0.99))
+
+
+@dataclass
 class ScoringSettings:
     """The operating point: how patch scores become an alarm. Stored in the card, overridable in config."""
 
@@ -126,6 +210,12 @@ def aggregate(calibrated: np.ndarray, settings: ScoringSettings) -> float:
         return float(calibrated.max()) if settings.aggregation == "max" else float(calibrated.mean())
     top = np.partition(calibrated, calibrated.size - settings.top_k)[-settings.top_k :]
     return float(top.mean())
+
+
+def frame_score(calibrated: np.ndarray, active: int, settings: ScoringSettings, bands: CountBands | None) -> float:
+    """The frame score compared (after smoothing) with the threshold: aggregated, then count-band calibrated."""
+    score = aggregate(calibrated, settings)
+    return score if bands is None else bands.apply(score, active)
 
 
 class CausalSmoother:

@@ -99,3 +99,20 @@ def tiny_model(synthetic_ped2, tiny_config, tmp_path_factory) -> Path:
     cfg = config.load(tiny_config, TrainConfig, {"data": {"root": str(synthetic_ped2)}, "out": str(out)})
     train_model(cfg, progress=False)
     return out.with_suffix(".onnx")
+
+
+@pytest.fixture(scope="session")
+def banded_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model behind a motion gate, with frame scores calibrated in two bands of the gate-passing count."""
+    import json
+    import shutil
+
+    from streamer.model import card_path_for
+
+    out = tmp_path_factory.mktemp("banded") / "banded.onnx"
+    shutil.copy(tiny_model, out)
+    card = json.loads(card_path_for(tiny_model).read_text())
+    card["gate"] = {"motion_threshold": 1.0}
+    card["count_bands"] = {"quantile": 0.99, "edges": [10.0], "loc": [0.2, 0.6], "scale": [0.5, 1.5]}
+    card_path_for(out).write_text(json.dumps(card))
+    return out

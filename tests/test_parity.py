@@ -3,12 +3,15 @@
 import json
 
 import numpy as np
+import pytest
 
 from streamer.cli import main
 from streamer.evaluation import evaluate_ped2
 
 
-def test_eval_through_the_pipeline_matches_offline(tiny_model, synthetic_ped2, tmp_path, capsys):
+@pytest.mark.parametrize("model", ["tiny_model", "banded_model"])
+def test_eval_through_the_pipeline_matches_offline(model, synthetic_ped2, tmp_path, capsys, request):
+    tiny_model = request.getfixturevalue(model)
     offline = evaluate_ped2(tiny_model, synthetic_ped2, progress=False)
     args = ["eval", "ped2", "--pipeline", "--scorers", "2", "--data", str(synthetic_ped2), "--model", str(tiny_model)]
     assert main([*args, "--out", str(tmp_path), "--quiet"]) == 0

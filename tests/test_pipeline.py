@@ -376,3 +376,25 @@ def test_alerts_command_prints_events_as_json_lines(tmp_path, capsys):
     assert [json.loads(line) for line in lines] == [event, event]
     assert main(["alerts", "--endpoint", "udp:/nowhere", "--count", "1"]) == 2
     assert "cannot subscribe to 'udp:/nowhere'" in capsys.readouterr().err
+
+
+def test_boxes_under_count_bands_are_the_patches_reaching_the_bands_level(banded_model, synthetic_ped2):
+    """Patch scores are on the scale before count bands: a box must reach the threshold mapped back into its band."""
+    from streamer.patches import PatchExtractor
+    from streamer.pipeline.events import top_boxes
+
+    clip = synthetic_ped2 / "Test" / "Test001"
+    with short_dir() as run_dir:
+        run = run_through(run_dir, banded_model, clip)
+    model = PatchModel(banded_model, threads=1)
+    offline = {r.index: r for r in Detector(model).run(FolderSource(clip))}
+    frame_boxes = PatchExtractor(model.card.patch).boxes((60, 90))  # max_boxes: the alerter default, 10
+    events = [e for e in run["logged"] if e["type"] != "end"]
+    assert events
+    differs = False
+    for event in events:
+        result = offline[event["frame_index"]]
+        level = model.card.count_bands.level(event["threshold"], result.active)
+        assert event["boxes"] == top_boxes(result.patch_scores, frame_boxes, level, 10)
+        differs |= event["boxes"] != top_boxes(result.patch_scores, frame_boxes, event["threshold"], 10)
+    assert differs  # the bands' level picks other boxes than the bare threshold would

@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from streamer.patches import PatchSpec
+from streamer.scoring import ScoringSettings, smooth_series
 from training.clustering import cosine_neighbours, far_clusters, kmeans, nearest_to_centroids, sample_from_clusters
 from training.config import NREConfig
-from training.export import ExportError, check_parity, fit_gate
+from training.data import ClipPatches
+from training.export import ExportError, calibrate, check_parity, fit_gate
 from training.nets import ConvAutoencoder, ReconstructionScore
 from training.nre import NeighbourhoodLoss
 
@@ -102,6 +104,36 @@ def test_fit_gate_hides_at_most_the_allowed_share():
     gate = fit_gate(energy, calibrated, max_hidden=1 / 6)
     assert gate["motion_threshold"] == 4.0  # hides the one at energy 2, not the one at 4
     assert fit_gate(energy, calibrated, max_hidden=0)["motion_threshold"] == 2.0
+
+
+def test_calibrate_fits_count_bands_on_frame_scores_and_thresholds_after_them():
+    # 2 clips of 300 frames, 4 positions; the gate passes 1 to 4 of them, and scores rise with the count.
+    rng = np.random.default_rng(0)
+    frames, positions = 600, 4
+    moving = rng.integers(1, 5, frames)
+    energy = (np.arange(positions)[None, :] < moving[:, None]) * 20.0
+    raw = np.where(energy > 0, moving[:, None] + rng.random((frames, positions)), 0.0)
+    data = ClipPatches(
+        patches=np.zeros((frames * positions, 1, 2, 2), np.uint8),
+        energy=energy.ravel(),
+        clip_ids=np.repeat([0, 1], frames // 2 * positions),
+        frame_ids=np.repeat(np.arange(frames), positions),
+        positions=positions,
+        clips=["a", "b"],
+    )
+    settings = ScoringSettings(aggregation="max", smoothing="mean", window=2)
+    plain = calibrate(raw, data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9)
+    banded = calibrate(raw, data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9, count_bands=4)
+    assert plain.count_bands is None
+    assert banded.count_bands.edges.tolist() == [2, 3, 4]  # one band per count
+    frame_max = np.where(energy > 0, plain.calibration.apply(raw), 0.0).max(axis=1)  # gated-out patches count 0
+    for count in range(1, 5):
+        in_band = moving == count
+        assert banded.count_bands.loc[count - 1] == pytest.approx(np.median(frame_max[in_band]), abs=1e-6)
+    calibrated = np.array([banded.count_bands.apply(s, c) for s, c in zip(frame_max, moving)])
+    smoothed = np.concatenate([smooth_series(calibrated[:300], settings), smooth_series(calibrated[300:], settings)])
+    assert banded.threshold == pytest.approx(np.quantile(smoothed, 0.9), abs=1e-6)  # thresholded after the bands
+    assert abs(np.median(calibrated)) < 0.1  # every band centred: crowded frames no longer score higher
 
 
 def test_nre_far_samples_come_from_far_clusters_for_a_whole_batch():

@@ -121,7 +121,12 @@ class ExportConfig:
     calibration_quantile: float = 0.99
     threshold_quantile: float = 0.99
     gate_max_hidden: float | None = None  # None: no motion gate; else see training.export.fit_gate
+    count_bands: int = 0  # 0: none; else frame scores calibrated in up to this many bands of the moving-patch count
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+
+    def __post_init__(self):
+        if self.count_bands < 0:
+            raise ValueError(f"count_bands must be >= 0, got {self.count_bands}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 Everything the card holds is fitted on normal training clips only:
   calibration  per-position median and high quantile of raw patch scores
   gate         (optional) the motion level below which patches are left out
+  count bands  (optional) frame-score median and spread per band of the gate-passing patch count
   threshold    a quantile of smoothed training frame scores (a false-alarm rate on normal video)
 """
 
@@ -21,7 +22,7 @@ import torch
 
 from streamer.model import ModelCard, create_session, session_scores, sha256_of
 from streamer.patches import PatchSpec, to_model_input
-from streamer.scoring import Calibration, ScoringSettings, aggregate, passes_gate, smooth_series
+from streamer.scoring import Calibration, CountBands, ScoringSettings, aggregate, passes_gate, smooth_series
 
 from .data import ClipPatches
 from .loops import as_float
@@ -114,17 +115,19 @@ def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> d
 
 def frame_scores(
     calibrated: np.ndarray, energy: np.ndarray, gate: dict | None, settings: ScoringSettings
-) -> np.ndarray:
-    """Aggregated frame scores of (F, P) calibrated patch scores; gated-out patches count 0 as live."""
-    if gate:
-        calibrated = np.where(passes_gate(energy, gate), calibrated, 0.0)
-    return np.array([aggregate(z, settings) for z in calibrated])
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregated frame scores of (F, P) calibrated patch scores, gated-out patches counting 0 as live;
+    and each frame's count of patches the gate passed."""
+    active = passes_gate(energy, gate)
+    calibrated = np.where(active, calibrated, 0.0)
+    return np.array([aggregate(z, settings) for z in calibrated]), active.sum(axis=1)
 
 
 @dataclass
 class CalibrationResult:
     calibration: Calibration
     gate: dict | None
+    count_bands: CountBands | None
     threshold: float
     percentiles: dict
     rule: str
@@ -138,13 +141,18 @@ def calibrate(
     quantile: float = 0.99,
     threshold_quantile: float = 0.99,
     gate_max_hidden: float | None = None,
+    count_bands: int = 0,
 ) -> CalibrationResult:
-    """Fit calibration, gate and threshold on normal clips from their raw scores (frames, positions)."""
+    """Fit calibration, gate, count bands (if `count_bands` > 0) and threshold on normal clips: raw (F, P) scores."""
     calibration = Calibration.fit(raw, mode, quantile)
     calibrated = calibration.apply(raw)
     energy = data.energy.reshape(data.frames, data.positions)
     gate = None if gate_max_hidden is None else fit_gate(energy.ravel(), calibrated.ravel(), gate_max_hidden)
-    scores = frame_scores(calibrated, energy, gate, settings)
+    scores, counts = frame_scores(calibrated, energy, gate, settings)
+    bands = CountBands.fit(scores, counts, count_bands, quantile) if count_bands else None
+    if bands is not None:
+        scores = np.array([bands.apply(score, count) for score, count in zip(scores, counts)])
+        log.info("count bands: edges %s (gate-passing patches per frame)", [f"{e:g}" for e in bands.edges])
     clip_of_frame = data.clip_ids.reshape(data.frames, data.positions)[:, 0]
     smoothed = np.concatenate([smooth_series(scores[clip_of_frame == c], settings) for c in np.unique(clip_of_frame)])
     threshold = float(np.quantile(smoothed, threshold_quantile))
@@ -155,7 +163,7 @@ def calibrate(
         "the cross-validated proxy measures how much, README)"
     )
     log.info("threshold %.3f: %s", threshold, rule)
-    return CalibrationResult(calibration, gate, threshold, percentiles, rule)
+    return CalibrationResult(calibration, gate, bands, threshold, percentiles, rule)
 
 
 def git_commit() -> str:
@@ -185,6 +193,7 @@ def export_model(
     calibration_quantile: float = 0.99,
     threshold_quantile: float = 0.99,
     gate_max_hidden: float | None = None,
+    count_bands: int = 0,
     parity_patches: int = 4096,
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
@@ -206,7 +215,9 @@ def export_model(
         encoder_entry = export_encoder(encoder, encoder_path, spec, calibration_data.patches[np.sort(pick)])
     data = calibration_data
     raw = session_scores(session, data.patches).reshape(data.frames, data.positions)  # the exported graph's own scores
-    result = calibrate(raw, data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden)
+    result = calibrate(
+        raw, data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden, count_bands
+    )
     settings = ScoringSettings.from_dict({**settings.to_dict(), "threshold": result.threshold})
     card = ModelCard(
         method=method,
@@ -217,6 +228,7 @@ def export_model(
         score_description=score_description,
         score_percentiles=result.percentiles,
         gate=result.gate,
+        count_bands=result.count_bands,
         threshold_rule=result.rule,
         training=training,
         parity=parity,

@@ -167,6 +167,7 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         calibration_quantile=export.calibration_quantile,
         threshold_quantile=export.threshold_quantile,
         gate_max_hidden=export.gate_max_hidden,
+        count_bands=export.count_bands,
         score_description=trained.score_description,
         encoder=trained.encoder,
         seed=cfg.seed,

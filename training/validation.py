@@ -20,7 +20,7 @@ import numpy as np
 from streamer.metrics import auc, eer, roc_curve
 from streamer.model import PatchModel
 from streamer.patches import PatchExtractor, extract_patches, motion_energy, patches_from_frames
-from streamer.scoring import ScoringSettings, aggregate, calibrated_frame, passes_gate, smooth_series
+from streamer.scoring import ScoringSettings, calibrated_frame, frame_score, passes_gate, smooth_series
 from streamer.sources import FolderSource
 
 MOVING_DIFF = 4.0  # mean |frame difference| marking a patch as holding a moving person
@@ -112,7 +112,8 @@ def proxy_scores_with(card, clips: list, draws: int) -> list[list[dict[int, dict
             active = passes_gate(energy, card.gate)
             if np.isnan(raw[active]).any():
                 raise ValueError("the card's gate passes patches the samples did not score: sample with gate=False")
-            score = aggregate(calibrated_frame(raw[active], active, card.calibration), card.scoring)
+            calibrated = calibrated_frame(raw[active], active, card.calibration)
+            score = frame_score(calibrated, int(active.sum()), card.scoring, card.count_bands)
             if draw is None:
                 for scores in clip:
                     scores[t] = {0: score}

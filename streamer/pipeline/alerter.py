@@ -58,6 +58,7 @@ class Alerter:
         self.sha256 = card.onnx_sha256
         self.settings = scoring_settings(cfg, card)
         self.threshold = self.settings.threshold
+        self.count_bands = card.count_bands
         self.extractor = PatchExtractor(card.patch)  # only for patch boxes in frame pixels
         self.outbox = outbox
         self.progress = progress
@@ -141,7 +142,10 @@ class Alerter:
 
         def boxes() -> list[dict]:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
-            return top_boxes(patch_scores, frame_boxes, self.threshold, self.cfg.alerter.max_boxes)
+            level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
+            if self.count_bands is not None:
+                level = self.count_bands.level(self.threshold, header["active"])
+            return top_boxes(patch_scores, frame_boxes, level, self.cfg.alerter.max_boxes)
 
         self._emit(state.tracker.frame(position, smoothed, boxes))
         now = time.time()

@@ -2,7 +2,7 @@
 
 Any number of scorer processes, on any hosts, pull from every camera's patch
 stage; frames queued at once are scored in one model call. The work is the
-core's: `PatchModel.raw_scores`, `calibrated_frame`, `aggregate`.
+core's: `PatchModel.raw_scores`, `calibrated_frame`, `frame_score`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import zmq
 
 from ..model import PatchModel
 from ..patches import PatchSpec, patch_boxes
-from ..scoring import aggregate, calibrated_frame
+from ..scoring import calibrated_frame, frame_score
 from . import messages, telemetry
 from .config import PipelineConfig, scoring_settings
 from .messages import Message, MessageError
@@ -99,7 +99,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                 count = int(active.sum())
                 calibrated = calibrated_frame(raw[offset : offset + count], active, card.calibration)
                 offset += count
-                results.append((message, calibrated, aggregate(calibrated, settings), count))
+                results.append((message, calibrated, frame_score(calibrated, count, settings, card.count_bands), count))
             return results
 
         while inbox.open():
@@ -114,7 +114,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
             started = time.perf_counter()
             results = inbox.handle(score, batch) or []  # a failed batch counts once; the alerter counts its frames lost
             batch_time.observe(time.perf_counter() - started)
-            for message, calibrated, frame_score, count in results:
+            for message, calibrated, score_of_frame, count in results:
                 now = time.time()
                 camera = message.camera
                 telemetry.FRAMES_SCORED.labels(camera).inc()
@@ -126,7 +126,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                         "scores",
                         {"patch_scores": calibrated},
                         frame_shape=message.header["frame_shape"],
-                        score=frame_score,
+                        score=score_of_frame,
                         active=count,
                         t_scored=now,
                         model=card.onnx_sha256,
