@@ -214,6 +214,7 @@ def scores_parts(card, seq: int, score: float, camera: str = "cam1", stream: str
         "frame_shape": list(shape),
         "score": score,
         "active": positions,
+        "moving": positions,
         "t_scored": time.time(),
         "model": card.onnx_sha256,
     }

@@ -46,7 +46,7 @@ def good_message(stage: str, card: ModelCard) -> list:
         return messages.encode(frame_header(), {"image": image})
     if stage == "scorer":
         patches = PatchExtractor(card.patch).push(image)
-        header = {**frame_header(), "kind": "patches", "frame_shape": list(image.shape)}
+        header = {**frame_header(), "kind": "patches", "frame_shape": list(image.shape), "moving": len(patches)}
         return messages.encode(header, {"patches": patches, "active": np.ones(len(patches), bool)})
     return scores_parts(card, seq=0, score=0.0)
 

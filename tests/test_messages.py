@@ -56,7 +56,8 @@ def test_derive_keeps_the_frame_position_and_adds_fields():
     patches = np.zeros((2, 1, 30, 30), np.uint8)
     active = np.array([True, False, True])
     message = decode(
-        as_bytes(derive(frame, "patches", {"patches": patches, "active": active}, frame_shape=[3, 4])), LIMIT
+        as_bytes(derive(frame, "patches", {"patches": patches, "active": active}, frame_shape=[3, 4], moving=2)),
+        LIMIT,
     )
     assert {k: message.header[k] for k in ("camera", "stream", "seq", "index", "reset")} == {
         "camera": "cam1",
@@ -130,7 +131,7 @@ def test_infinite_numbers_and_absurd_frame_shapes_are_malformed():
     with pytest.raises(MessageError, match="'t_capture' is not a number"):
         decode([text.encode(), bytes(12)], LIMIT)
     patches = np.zeros((0, 1, 30, 30), np.uint8)
-    header = {**json.loads(as_bytes(frame_parts())[0]), "kind": "patches", "frame_shape": [10**6, 10**6]}
+    header = {**json.loads(as_bytes(frame_parts())[0]), "kind": "patches", "frame_shape": [10**6, 10**6], "moving": 0}
     del header["v"], header["arrays"]
     with pytest.raises(MessageError, match="'frame_shape' is not a shape"):
         decode(as_bytes(encode(header, {"patches": patches, "active": np.zeros(0, bool)})), LIMIT)

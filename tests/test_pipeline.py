@@ -45,7 +45,7 @@ def short_run(tiny_model, synthetic_ped2):
         yield run_through(run_dir, tiny_model, synthetic_ped2 / "Test" / "Test001")
 
 
-def run_through(run_dir, tiny_model, clip):
+def run_through(run_dir, tiny_model, clip, **sections):
     config = write_config(
         run_dir,
         tiny_model,
@@ -53,6 +53,7 @@ def run_through(run_dir, tiny_model, clip):
         scorer={"processes": 2, "batch_frames": 4},
         alerter={"exit_at_end": True, "end_after": 2, "update_every": 3},
         metrics={"enabled": False},
+        **sections,
     )
     command = ("run", "--config", str(config))
     with subscriber(f"ipc://{run_dir}/events") as sub, running(*command, log=run_dir / "log") as (process, _):
@@ -398,3 +399,12 @@ def test_boxes_under_count_bands_are_the_patches_reaching_the_bands_level(banded
         assert event["boxes"] == top_boxes(result.patch_scores, frame_boxes, level, 10)
         differs |= event["boxes"] != top_boxes(result.patch_scores, frame_boxes, event["threshold"], 10)
     assert differs  # the bands' level picks other boxes than the bare threshold would
+
+
+def test_with_the_gate_off_count_bands_still_use_the_gates_count_of_moving_patches(banded_model, synthetic_ped2):
+    clip = synthetic_ped2 / "Test" / "Test001"
+    with short_dir() as run_dir:
+        run = run_through(run_dir, banded_model, clip, gate=False)
+    gated = list(Detector(PatchModel(banded_model, threads=1)).run(FolderSource(clip)))
+    assert [s["active"] for s in run["scores"]] == [15] * 20  # every patch of the 60x90 frame went to the network
+    assert [s["moving"] for s in run["scores"]] == [r.active for r in gated]  # the band is still picked by motion

@@ -144,7 +144,7 @@ class Alerter:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
             level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
             if self.count_bands is not None:
-                level = self.count_bands.level(self.threshold, header["active"])
+                level = self.count_bands.level(self.threshold, header["moving"])
             return top_boxes(patch_scores, frame_boxes, level, self.cfg.alerter.max_boxes)
 
         self._emit(state.tracker.frame(position, smoothed, boxes))
@@ -159,6 +159,7 @@ class Alerter:
                 "score": header["score"],
                 "smoothed": smoothed,
                 "active": header["active"],
+                "moving": header["moving"],
                 "t_capture": header["t_capture"],
                 "t_scored": header["t_scored"],
                 "t_alert": now,

@@ -11,6 +11,7 @@ Kinds, in pipeline order:
 
   frame    capture -> patcher   image (H, W) uint8 grayscale
   patches  patcher -> scorer    patches (N, C, S, S) uint8 that passed the gate; active (P,) bool per grid position
+                                (header `moving`: positions the card's gate passes, even with the gate off)
   scores   scorer  -> alerter   patch_scores (P,) float32, calibrated, one per grid position
   end      any stage onwards    the camera's stream is over (source finished or shut down)
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-VERSION = 1
+VERSION = 2  # 2: `moving` in patches and scores headers
 MAX_HEADER_BYTES = 4096
 MAX_INT = 2**63  # header integers beyond this are not from a real stream
 MAX_FRAME_SIDE = 16384  # pixels; bounds the patch grid a frame_shape can make a stage compute
@@ -48,12 +49,13 @@ CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _POSITION = {"index": "int", "clip": "str", "reset": "bool"}
 FIELDS: dict[str, dict[str, str]] = {
     "frame": _POSITION,
-    "patches": {**_POSITION, "frame_shape": "shape"},
+    "patches": {**_POSITION, "frame_shape": "shape", "moving": "int"},
     "scores": {
         **_POSITION,
         "frame_shape": "shape",
         "score": "number",
         "active": "int",
+        "moving": "int",
         "t_scored": "number",
         "model": "str",
     },

@@ -11,6 +11,7 @@ import threading
 import time
 
 import cv2
+import numpy as np
 import zmq
 
 from ..model import ModelCard, card_path_for
@@ -56,10 +57,15 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
             if message.header["reset"]:
                 extractor.reset()
             patches = extractor.push(image)
-            active = gate_mask(patches, card.patch, gate)
+            moving = gate_mask(patches, card.patch, card.gate)  # count bands need this count, gate on or off
+            active = moving if gate else np.ones(len(patches), dtype=bool)
             gated.inc(len(active) - int(active.sum()))
             return messages.derive(
-                message, "patches", {"patches": patches[active], "active": active}, frame_shape=list(image.shape)
+                message,
+                "patches",
+                {"patches": patches[active], "active": active},
+                frame_shape=list(image.shape),
+                moving=int(moving.sum()),
             )
 
         while inbox.open():

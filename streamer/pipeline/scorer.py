@@ -40,11 +40,11 @@ def check_patches(message: Message, spec: PatchSpec) -> None:
     if patches.shape[1:] != expected:
         raise MessageError("malformed", f"patches of shape {patches.shape[1:]}, the model takes {expected}")
     positions = grid_positions(spec, tuple(message.header["frame_shape"]))
-    if len(active) != positions or int(active.sum()) != len(patches):
+    if len(active) != positions or int(active.sum()) != len(patches) or not 0 <= message.header["moving"] <= positions:
         raise MessageError(
             "malformed",
-            f"{len(patches)} patches and {int(active.sum())}/{len(active)} active positions "
-            f"do not fit a {message.header['frame_shape']} frame's {positions} positions",
+            f"{len(patches)} patches, {int(active.sum())}/{len(active)} active and {message.header['moving']} moving "
+            f"positions do not fit a {message.header['frame_shape']} frame's {positions} positions",
         )
 
 
@@ -99,7 +99,10 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                 count = int(active.sum())
                 calibrated = calibrated_frame(raw[offset : offset + count], active, card.calibration)
                 offset += count
-                results.append((message, calibrated, frame_score(calibrated, count, settings, card.count_bands), count))
+                moving = message.header["moving"]  # the gate's count, also when the pipeline's gate is off
+                results.append(
+                    (message, calibrated, frame_score(calibrated, moving, settings, card.count_bands), count)
+                )
             return results
 
         while inbox.open():
@@ -128,6 +131,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                         frame_shape=message.header["frame_shape"],
                         score=score_of_frame,
                         active=count,
+                        moving=message.header["moving"],
                         t_scored=now,
                         model=card.onnx_sha256,
                     )
