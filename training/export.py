@@ -113,11 +113,13 @@ def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> d
     }
 
 
-def frame_scores(
+def aggregated_frame_scores(
     calibrated: np.ndarray, energy: np.ndarray, gate: dict | None, settings: ScoringSettings
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Aggregated frame scores of (F, P) calibrated patch scores, gated-out patches counting 0 as live;
-    and each frame's count of patches the gate passed."""
+    """Frame scores of (F, P) calibrated patch scores before count bands, and each frame's gate-passing count.
+
+    Gated-out patches count 0, as live.
+    """
     active = passes_gate(energy, gate)
     calibrated = np.where(active, calibrated, 0.0)
     return np.array([aggregate(z, settings) for z in calibrated]), active.sum(axis=1)
@@ -148,7 +150,7 @@ def calibrate(
     calibrated = calibration.apply(raw)
     energy = data.energy.reshape(data.frames, data.positions)
     gate = None if gate_max_hidden is None else fit_gate(energy.ravel(), calibrated.ravel(), gate_max_hidden)
-    scores, counts = frame_scores(calibrated, energy, gate, settings)
+    scores, counts = aggregated_frame_scores(calibrated, energy, gate, settings)
     bands = CountBands.fit(scores, counts, count_bands, quantile) if count_bands else None
     if bands is not None:
         scores = np.array([bands.apply(score, count) for score, count in zip(scores, counts)])
