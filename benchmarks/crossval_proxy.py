@@ -15,6 +15,11 @@ threshold: false alarms on new normal video (the threshold aims at 1 %), or
 at other training-frame quantiles (`--threshold-quantiles`), and which clips
 they come from.
 
+Folds take every `--folds`-th clip (`--split interleaved`), or group the
+clips by how crowded they are (`--split crowd`: most moving patches per frame
+first), so that a fold's clips are busier, or quieter, than every clip the
+model and its calibration saw: a test of scenes busier than training.
+
 Calibration modes (`--calibrations`), frame scores (`--top-k`, 1 = the max),
 motion gates (`--gates`), count bands (`--count-bands`, 0 = none) and
 smoothing windows (`--windows`) are tried on the same raw patch scores:
@@ -44,7 +49,7 @@ from streamer.scoring import smooth_series
 from training import data as training_data
 from training.config import TrainConfig
 from training.export import calibrate
-from training.train import train_model
+from training.train import build_spec, train_model
 from training.validation import block_pairs, proxy_pairs, proxy_samples, proxy_scores_with, roc_summary
 
 
@@ -62,6 +67,17 @@ def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
             )
         )
     return cards
+
+
+def crowd_order(cfg: TrainConfig) -> list[str]:
+    """Training clips, most moving patches per frame first (motion energy >= the config's data.motion_threshold)."""
+    folders = training_data.ped2_training_folders(cfg.data.root)
+    clips = training_data.read_clips(folders, build_spec(cfg, folders[0][1]), progress=False)
+    moving = (clips.energy >= cfg.data.motion_threshold).reshape(clips.frames, clips.positions).sum(axis=1)
+    clip_of_frame = clips.clip_ids.reshape(clips.frames, clips.positions)[:, 0]
+    per_clip = {name: moving[clip_of_frame == i].mean() for i, name in enumerate(clips.clips)}
+    print("moving patches per frame: " + ", ".join(f"{n} {m:.0f}" for n, m in sorted(per_clip.items())), flush=True)
+    return sorted(per_clip, key=lambda name: -per_clip[name])
 
 
 def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: int, draws: int):
@@ -115,6 +131,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the fold models")
     parser.add_argument("--data", help="UCSDped2 folder (default: the config's, then $VAD_PED2, ../shared/...)")
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument(
+        "--split", choices=["interleaved", "crowd"], default="interleaved", help="how clips are put into folds"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (one core each)")
     parser.add_argument("--speedup", type=int, default=2)
     parser.add_argument("--draws", type=int, default=2, help="sped-up versions of each frame")
@@ -137,8 +156,13 @@ def main() -> None:
     args = parser.parse_args()
     overrides = {"data": {"root": args.data}} if args.data else None
     cfg = config_io.load(args.config, TrainConfig, overrides)
-    names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
-    folds = [names[i :: args.folds] for i in range(args.folds)]
+    if args.split == "crowd":
+        names = crowd_order(cfg)
+        size = -(-len(names) // args.folds)
+        folds = [names[i * size : (i + 1) * size] for i in range(args.folds)]
+    else:
+        names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
+        folds = [names[i :: args.folds] for i in range(args.folds)]
     gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
     count_bands = args.count_bands if args.count_bands is not None else [cfg.export.count_bands]
     windows = args.windows or [cfg.export.scoring.window]
