@@ -68,3 +68,9 @@ def test_shipped_configs_are_valid():
 
     for path in sorted((REPO / "configs").glob("*_ped2.yaml")):
         assert path.name.startswith(config.load(path, TrainConfig).method + "_")
+
+
+def test_count_bands_must_not_be_negative(tmp_path):
+    with pytest.raises(config.ConfigError, match="count_bands must be >= 0"):
+        config.load(write(tmp_path, "method: ae\nexport: {count_bands: -1}\n"), TrainConfig)
+    assert config.load(write(tmp_path, "method: ae\nexport: {count_bands: 5}\n"), TrainConfig).export.count_bands == 5
