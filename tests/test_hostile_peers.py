@@ -74,6 +74,8 @@ def hostile_variants(good: list) -> dict[str, list]:
     }
     if "frame_shape" in header:
         variants["absurd frame shape"] = with_header(frame_shape=[1_000_000, 1_000_000])
+    if "moving" in header:
+        variants["impossible moving count"] = with_header(moving=-5)
     return variants
 
 

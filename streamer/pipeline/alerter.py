@@ -90,9 +90,11 @@ class Alerter:
             if message.header["model"] != self.sha256:
                 raise MessageError("model_mismatch", f"scored by model {message.header['model'][:12]}…")
             boxes = self.extractor.boxes(tuple(message.header["frame_shape"]))
-            if len(boxes) != len(message.arrays["patch_scores"]):
+            if len(boxes) != len(message.arrays["patch_scores"]) or not 0 <= message.header["moving"] <= len(boxes):
                 raise MessageError(
-                    "malformed", f"{len(message.arrays['patch_scores'])} patch scores, {len(boxes)} patch positions"
+                    "malformed",
+                    f"{len(message.arrays['patch_scores'])} patch scores and {message.header['moving']} moving "
+                    f"for {len(boxes)} patch positions",
                 )
         elif message.kind != "end":
             raise MessageError("unexpected_kind", f"{message.kind} message on the score input")
