@@ -35,6 +35,7 @@ class FlowSpeedStatistic:
         self.card = SimpleNamespace(
             patch=PatchSpec(motion="flow", appearance=False, flow_scale=flow_scale),
             gate=None,
+            count_bands=None,
             calibration=Calibration("global", [0.0], [1.0]),
             scoring=ScoringSettings(aggregation="topk", top_k=3, smoothing="none"),
         )

@@ -96,3 +96,16 @@ def test_ungated_samples_rescored_under_the_cards_gate_match_the_gated_proxy(tin
     looser = replace(model.card, gate={"motion_threshold": 0.0})
     with pytest.raises(ValueError, match="gate=False"):
         proxy_scores_with(looser, gated, draws=1)
+
+
+def test_the_untrained_flow_statistic_baseline_runs_through_the_proxy(synthetic_ped2):
+    """benchmarks/speed_proxy.py's stand-in card must carry every field the proxy's scoring reads."""
+    import importlib.util
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed_proxy_benchmark", REPO / "benchmarks" / "speed_proxy.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    result = speed_proxy(benchmark.FlowSpeedStatistic(), clips(synthetic_ped2), speedup=2)
+    assert result["auc"] > 0.5  # twice the speed reads as faster flow
