@@ -145,18 +145,22 @@ class CountBands:
             if below >= cls.MIN_FRAMES and above >= cls.MIN_FRAMES:
                 edges.append(float(edge))
         band_of = np.digitize(counts, edges)
-        loc = np.array([np.median(scores[band_of == b]) for b in range(len(edges) + 1)])
-        spread = np.array([np.quantile(scores[band_of == b], quantile) for b in range(len(edges) + 1)]) - loc
+        in_band = [scores[band_of == b] for b in range(len(edges) + 1)]
+        loc = np.array([np.median(band) for band in in_band])
+        spread = np.array([np.quantile(band, quantile) for band in in_band]) - loc
         floor = max(min_scale_fraction * (np.quantile(scores, quantile) - np.median(scores)), 1e-12)
         return cls(edges, loc, np.maximum(spread, floor), quantile)
 
+    def band(self, count: int) -> int:
+        return int(np.digitize(count, self.edges))
+
     def apply(self, score: float, count: int) -> float:
-        band = int(np.digitize(count, self.edges))
+        band = self.band(count)
         return float((score - self.loc[band]) / self.scale[band])
 
     def level(self, value: float, count: int) -> float:
         """The aggregated score that `apply` maps to `value` for a frame with `count` gate-passing patches."""
-        band = int(np.digitize(count, self.edges))
+        band = self.band(count)
         return float(self.loc[band] + value * self.scale[band])
 
     def to_dict(self) -> dict:
