@@ -57,6 +57,11 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         f"frames     {report['frames_scored']} scored, {report['frames_skipped']} skipped, "
         f"{report['frames_per_second']:.1f} frames/s"
     )
+    if report["frames_busier_than_training"] is not None:
+        print(
+            f"busier     {report['frames_busier_than_training']} frames have more moving patches than any "
+            f"training frame ({report['training_moving_max']})"
+        )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
     if args.out:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import ped2
 from .detector import Detector
 from .metrics import auc, eer, minmax_per_video, roc_curve
-from .model import PatchModel
+from .model import PatchModel, busier_than_training
 from .scoring import ScoringSettings
 from .sources import FolderSource
 
@@ -47,6 +47,7 @@ def score_ped2(
                         "frame": result.index,
                         "score": result.smoothed,
                         "unsmoothed": result.score,
+                        "moving": result.active,
                         "label": int(clip.labels[result.index - 1]),
                     }
                 )
@@ -185,6 +186,11 @@ def evaluate_ped2(
         "scoring": (settings or model.card.scoring).to_dict(),
         "frames_scored": len(records),
         "frames_skipped": skipped,
+        # label-free: how much of the test set is busier than the training clips (None: the card does not say)
+        "frames_busier_than_training": None
+        if model.card.training_moving_max is None
+        else sum(busier_than_training(r["moving"], model.card) for r in records),
+        "training_moving_max": model.card.training_moving_max,
         "seconds": seconds,
         "frames_per_second": len(records) / seconds if seconds else None,
         "frames": records,

@@ -45,6 +45,12 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _optional_count(value) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"training_moving_max must be a count >= 0, got {value!r}")
+    return value
+
+
 @dataclass
 class ModelCard:
     method: str
@@ -63,6 +69,8 @@ class ModelCard:
     # {"file": "X.encoder.onnx", "sha256": ..., "latent": L}: patches -> latents, for `vad select`.
     encoder: dict | None = None
     count_bands: CountBands | None = None  # frame-score calibration by moving-patch count; older cards lack it
+    # Most gate-passing patches in any training frame: busier live frames are beyond what the model was fitted on.
+    training_moving_max: int | None = None  # older cards lack it
 
     def to_dict(self) -> dict:
         return {
@@ -77,6 +85,7 @@ class ModelCard:
             "score_percentiles": self.score_percentiles,
             "gate": self.gate,
             "count_bands": None if self.count_bands is None else self.count_bands.to_dict(),
+            "training_moving_max": self.training_moving_max,
             "scoring": self.scoring.to_dict(),
             "threshold_rule": self.threshold_rule,
             "training": self.training,
@@ -107,6 +116,7 @@ class ModelCard:
                 created=d.get("created", ""),
                 encoder=d.get("encoder"),
                 count_bands=None if d.get("count_bands") is None else CountBands.from_dict(d["count_bands"]),
+                training_moving_max=_optional_count(d.get("training_moving_max")),
             )
         except KeyError as e:
             raise ModelError(f"model card lacks the field {e.args[0]!r}") from None
@@ -142,6 +152,11 @@ class ModelCard:
                 f"card calibrates {len(self.calibration.loc)} positions but a {h}x{w} frame "
                 f"has {positions} patches of {self.patch.size}px at stride {self.patch.stride}"
             )
+
+
+def busier_than_training(moving: int, card: ModelCard) -> bool:
+    """More gate-passing patches than any training frame had (False for cards that do not record it)."""
+    return card.training_moving_max is not None and moving > card.training_moving_max
 
 
 def _import_onnxruntime():

@@ -103,7 +103,10 @@ def tiny_model(synthetic_ped2, tiny_config, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def banded_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model behind a motion gate, with frame scores calibrated in two bands of the gate-passing count."""
+    """The tiny model behind a motion gate, with frame scores calibrated in two bands of the gate-passing count.
+
+    Its card also claims no training frame had more than 10 gate-passing patches.
+    """
     import json
     import shutil
 
@@ -114,5 +117,6 @@ def banded_model(tiny_model, tmp_path_factory) -> Path:
     card = json.loads(card_path_for(tiny_model).read_text())
     card["gate"] = {"motion_threshold": 1.0}
     card["count_bands"] = {"quantile": 0.99, "edges": [10.0], "loc": [0.2, 0.6], "scale": [0.5, 1.5]}
+    card["training_moving_max"] = 10  # test frames with more moving patches count as busier than training
     card_path_for(out).write_text(json.dumps(card))
     return out

@@ -69,6 +69,8 @@ def test_garbage_onnx_with_matching_card(tiny_model, tmp_path):
         (lambda c: c["calibration"].update(loc=[0.0] * 3, scale=[1.0] * 3), "calibrates 3 positions"),
         (lambda c: c["scoring"].update(window=0), "invalid model card"),
         (lambda c: c.update(count_bands={"edges": [5.0], "loc": [0.0], "scale": [1.0]}), "invalid model card"),
+        (lambda c: c.update(training_moving_max=-1), "training_moving_max must be a count"),
+        (lambda c: c.update(training_moving_max=2.5), "training_moving_max must be a count"),
     ],
 )
 def test_inconsistent_cards(tiny_model, tmp_path, edit, message):
@@ -95,12 +97,14 @@ def test_card_records_training_facts(tiny_model):
     assert card.scoring.threshold > 0 and "quantile" in card.threshold_rule
 
 
-def test_count_bands_round_trip_and_older_cards_without_them(banded_model, tiny_model, tmp_path):
+def test_count_bands_and_busiest_frame_round_trip_and_older_cards_without_them(banded_model, tiny_model, tmp_path):
     card = ModelCard.load(card_path_for(banded_model))
-    assert card.count_bands.edges.tolist() == [10.0]
+    assert card.count_bands.edges.tolist() == [10.0] and card.training_moving_max == 10
     assert ModelCard.from_dict(card.to_dict()).to_dict() == card.to_dict()
     m = copy_model(tiny_model, tmp_path)
     older = json.loads(card_path_for(m).read_text())
     older.pop("count_bands")  # cards written before count bands
+    older.pop("training_moving_max")  # and before the busiest training frame was recorded
     card_path_for(m).write_text(json.dumps(older))
     assert PatchModel(m).card.count_bands is None
+    assert PatchModel(m).card.training_moving_max is None

@@ -23,6 +23,18 @@ def test_eval_through_the_pipeline_matches_offline(model, synthetic_ped2, tmp_pa
         np.testing.assert_allclose([f[key] for f in piped["frames"]], [f[key] for f in offline["frames"]], atol=1e-6)
     assert piped["eer"] == offline["eer"] and piped["auc"] == offline["auc"]
     assert piped["frames_skipped"] == 0
+    assert [f["moving"] for f in piped["frames"]] == [f["moving"] for f in offline["frames"]]
+    assert piped["frames_busier_than_training"] == offline["frames_busier_than_training"]
+
+
+def test_eval_counts_the_frames_busier_than_any_training_frame(banded_model, tiny_model, synthetic_ped2):
+    report = evaluate_ped2(banded_model, synthetic_ped2, progress=False)
+    moving = np.array([f["moving"] for f in report["frames"]])
+    assert report["training_moving_max"] == 10
+    assert report["frames_busier_than_training"] == (moving > 10).sum()
+    assert 0 < report["frames_busier_than_training"] < len(moving)  # the synthetic clips straddle the card's 10
+    plain = evaluate_ped2(tiny_model, synthetic_ped2, progress=False)  # no gate: every patch counts, as in training
+    assert plain["training_moving_max"] == 15 and plain["frames_busier_than_training"] == 0
 
 
 def test_eval_through_the_pipeline_resets_at_each_clip(tiny_model, synthetic_ped2, tmp_path):

@@ -379,6 +379,26 @@ def test_alerts_command_prints_events_as_json_lines(tmp_path, capsys):
     assert "cannot subscribe to 'udp:/nowhere'" in capsys.readouterr().err
 
 
+def test_the_scorer_counts_frames_busier_than_any_training_frame(banded_model, synthetic_ped2):
+    """Test001 loops; the banded card says no training frame had over 10 moving patches, and some of its frames do."""
+    clip = list(Detector(PatchModel(banded_model, threads=1)).run(FolderSource(synthetic_ped2 / "Test" / "Test001")))
+    per_loop = sum(r.active > 10 for r in clip)
+    assert 0 < per_loop < len(clip)
+    with short_dir() as run_dir:
+        looping = start_looping(run_dir, banded_model, synthetic_ped2)
+        port = next(looping)["cfg"].metrics.base_port + 2  # the scorer's
+        wait_for(
+            lambda: (sample(try_scrape(port) or {}, "vad_frames_scored_total", camera="loop") or 0) >= 3 * len(clip),
+            60,
+            "three loops of the clip scored",
+        )
+        families = scrape(port)
+        looping.close()
+    loops = int(sample(families, "vad_frames_scored_total", camera="loop")) // len(clip)
+    busier = sample(families, "vad_frames_busier_than_training_total", camera="loop")
+    assert loops * per_loop <= busier <= (loops + 1) * per_loop  # each loop resets the patch stage: same counts
+
+
 def test_boxes_under_count_bands_are_the_patches_reaching_the_bands_level(banded_model, synthetic_ped2):
     """Patch scores are on the scale before count bands: a box must reach the threshold mapped back into its band."""
     from streamer.patches import PatchExtractor

@@ -125,6 +125,7 @@ def test_calibrate_fits_count_bands_on_frame_scores_and_thresholds_after_them():
     plain = calibrate(raw, data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9)
     banded = calibrate(raw, data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9, count_bands=4)
     assert plain.count_bands is None
+    assert plain.training_moving_max == banded.training_moving_max == moving.max() == 4
     assert banded.count_bands.edges.tolist() == [2, 3, 4]  # one band per count
     frame_max = np.where(energy > 0, plain.calibration.apply(raw), 0.0).max(axis=1)  # gated-out patches count 0
     for count in range(1, 5):

@@ -130,6 +130,7 @@ class CalibrationResult:
     calibration: Calibration
     gate: dict | None
     count_bands: CountBands | None
+    training_moving_max: int  # most gate-passing patches in any training frame
     threshold: float
     percentiles: dict
     rule: str
@@ -165,7 +166,7 @@ def calibrate(
         "the cross-validated proxy measures how much, README)"
     )
     log.info("threshold %.3f: %s", threshold, rule)
-    return CalibrationResult(calibration, gate, bands, threshold, percentiles, rule)
+    return CalibrationResult(calibration, gate, bands, int(counts.max()), threshold, percentiles, rule)
 
 
 def git_commit() -> str:
@@ -231,6 +232,7 @@ def export_model(
         score_percentiles=result.percentiles,
         gate=result.gate,
         count_bands=result.count_bands,
+        training_moving_max=result.training_moving_max,
         threshold_rule=result.rule,
         training=training,
         parity=parity,

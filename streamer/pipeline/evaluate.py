@@ -65,6 +65,7 @@ def score_ped2_pipeline(
                     "frame": row["index"],
                     "score": row["smoothed"],
                     "unsmoothed": row["score"],
+                    "moving": row["moving"],
                     "label": int(clip.labels[row["index"] - 1]),
                 }
             )

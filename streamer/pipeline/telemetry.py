@@ -31,6 +31,11 @@ FRAMES_DROPPED = Counter(
 FRAMES_SCORED = Counter("vad_frames_scored", "Frames scored by the model", ["camera"])
 PATCHES_SCORED = Counter("vad_patches_scored", "Patches that went through the network", ["camera"])
 PATCHES_GATED = Counter("vad_patches_gated", "Patches the cascade gate rejected as confidently normal", ["camera"])
+FRAMES_BUSIER_THAN_TRAINING = Counter(
+    "vad_frames_busier_than_training",
+    "Frames with more moving patches than any training frame: the model's calibration extrapolates there",
+    ["camera"],
+)
 STAGE_SECONDS = Histogram(
     "vad_stage_seconds", "Processing time per message (per batch at the scorer)", ["stage"], buckets=_STAGE_BUCKETS
 )
