@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import ped2
 from .detector import Detector
 from .metrics import auc, eer, minmax_per_video, roc_curve
-from .model import PatchModel, busier_than_training
+from .model import PatchModel
 from .scoring import ScoringSettings
 from .sources import FolderSource
 
@@ -189,7 +189,7 @@ def evaluate_ped2(
         # label-free: how much of the test set is busier than the training clips (None: the card does not say)
         "frames_busier_than_training": None
         if model.card.training_moving_max is None
-        else sum(busier_than_training(r["moving"], model.card) for r in records),
+        else sum(model.card.busier_than_training(r["moving"]) for r in records),
         "training_moving_max": model.card.training_moving_max,
         "seconds": seconds,
         "frames_per_second": len(records) / seconds if seconds else None,

@@ -72,6 +72,10 @@ class ModelCard:
     # Most gate-passing patches in any training frame: busier live frames are beyond what the model was fitted on.
     training_moving_max: int | None = None  # older cards lack it
 
+    def busier_than_training(self, moving: int) -> bool:
+        """More gate-passing patches than any training frame had (False where the card does not record it)."""
+        return self.training_moving_max is not None and moving > self.training_moving_max
+
     def to_dict(self) -> dict:
         return {
             "format": CARD_FORMAT,
@@ -152,11 +156,6 @@ class ModelCard:
                 f"card calibrates {len(self.calibration.loc)} positions but a {h}x{w} frame "
                 f"has {positions} patches of {self.patch.size}px at stride {self.patch.stride}"
             )
-
-
-def busier_than_training(moving: int, card: ModelCard) -> bool:
-    """More gate-passing patches than any training frame had (False for cards that do not record it)."""
-    return card.training_moving_max is not None and moving > card.training_moving_max
 
 
 def _import_onnxruntime():

@@ -33,19 +33,21 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-MOTION_MODES = ("none", "diff", "flow", "flowbins", "stack")
+Motion = Literal["none", "diff", "flow", "flowbins", "stack"]
+MOTION_MODES = get_args(Motion)
 
 
 @dataclass(frozen=True)
 class PatchSpec:
     size: int = 30
     stride: int = 15
-    motion: str = "diff"
+    motion: Motion = "flow"
     depth: int = 2  # frames in a 'stack'; ignored by the other modes
     flow_scale: float = 0.75  # 'flow': resolution factor the flow is computed at
     flow_levels: int = 1  # Farneback pyramid levels: more follow larger displacements

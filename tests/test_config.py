@@ -2,6 +2,7 @@ import pytest
 
 from streamer import config
 from training.config import TrainConfig
+from training.train import build_spec
 
 
 def write(tmp_path, text):
@@ -13,6 +14,14 @@ def write(tmp_path, text):
 def test_valid_training_config(tmp_path):
     cfg = config.load(write(tmp_path, "method: nre\nnre: {lambdas: [0.6, 0.2, 0.2]}\n"), TrainConfig)
     assert cfg.nre.lambdas == (0.6, 0.2, 0.2) and cfg.patches.motion == "flow"
+
+
+def test_patch_settings_are_checked_with_the_config_and_frame_size_is_optional(tmp_path):
+    with pytest.raises(config.ConfigError, match="patches: patch size must be >= 2"):
+        config.load(write(tmp_path, "method: ae\npatches: {size: 1}\n"), TrainConfig)
+    resized = config.load(write(tmp_path, "method: ae\npatches: {frame_size: [120, 180]}\n"), TrainConfig)
+    assert resized.patches.frame_size == (120, 180)
+    assert build_spec(resized, None).frame_size == (120, 180)  # configured: the training frames are not read
 
 
 def test_every_problem_is_listed_with_its_path(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from streamer.patches import PatchSpec
 from streamer.scoring import ScoringSettings
 
 
@@ -20,21 +21,6 @@ class DataConfig:
     max_frames: int | None = None  # per clip; for quick runs and tests
     # A `vad select` manifest: fit on the patches of the frames it lists only (validation clips stay whole).
     frames_file: str | None = None
-
-
-@dataclass
-class PatchConfig:
-    size: int = 30
-    stride: int = 15
-    motion: Literal["none", "diff", "flow", "flowbins", "stack"] = "flow"
-    depth: int = 2
-    flow_scale: float = 0.75
-    flow_levels: int = 1
-    flow_window: int = 7
-    flow_iterations: int = 1
-    flow_max: float = 8.0
-    flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)
-    appearance: bool = True
 
 
 @dataclass
@@ -136,7 +122,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
     data: DataConfig = field(default_factory=DataConfig)
-    patches: PatchConfig = field(default_factory=PatchConfig)
+    patches: PatchSpec = field(default_factory=PatchSpec)  # frame_size: null takes the training frames' size
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     nre: NREConfig = field(default_factory=NREConfig)
     sdae: SDAEConfig = field(default_factory=SDAEConfig)

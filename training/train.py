@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def build_spec(cfg: TrainConfig, first_folder) -> PatchSpec:
-    """The patch spec, with the working frame size fixed to the training frames' size."""
-    return PatchSpec(**asdict(cfg.patches), frame_size=training_data.frame_size_of(first_folder))
+    """The config's patch spec with its working frame size fixed: the configured one, else the training frames'."""
+    return replace(cfg.patches, frame_size=cfg.patches.frame_size or training_data.frame_size_of(first_folder))
 
 
 def split_clips(cfg: TrainConfig, folders: list) -> tuple[list, list]:

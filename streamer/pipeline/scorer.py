@@ -15,7 +15,7 @@ import time
 import numpy as np
 import zmq
 
-from ..model import PatchModel, busier_than_training
+from ..model import PatchModel
 from ..patches import PatchSpec, patch_boxes
 from ..scoring import calibrated_frame, frame_score
 from . import messages, telemetry
@@ -122,7 +122,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                 camera = message.camera
                 telemetry.FRAMES_SCORED.labels(camera).inc()
                 telemetry.PATCHES_SCORED.labels(camera).inc(count)
-                if busier_than_training(message.header["moving"], card):
+                if card.busier_than_training(message.header["moving"]):
                     telemetry.FRAMES_BUSIER_THAN_TRAINING.labels(camera).inc()
                 telemetry.CAPTURE_TO_SCORE.labels(camera).observe(now - message.header["t_capture"])
                 forward(
