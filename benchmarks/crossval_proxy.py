@@ -80,7 +80,7 @@ def crowd_order(cfg: TrainConfig) -> list[str]:
     return sorted(per_clip, key=lambda name: -per_clip[name])
 
 
-def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: int, draws: int):
+def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: int, draws: int, zoom: float = 1.0):
     """The fold model's raw patch scores (frames, positions) on its fitting clips, and its proxy samples.
 
     Fitting clips: every training clip outside the fold. Proxy samples: the
@@ -91,12 +91,12 @@ def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: i
         [(n, p) for n, p in folders.items() if n not in fold], model.card.patch, progress=False
     )
     raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
-    samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False)
+    samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False, zoom=zoom)
     return fitting, raw, samples
 
 
 def run_fold(
-    cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, blocks, speedup, draws, reuse
+    cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, blocks, speedup, zoom, draws, reuse
 ) -> dict:
     """Train without the fold's clips (or reuse that model), then score them under each variant."""
     logging.basicConfig(level=logging.WARNING)
@@ -105,7 +105,7 @@ def run_fold(
     if not (reuse and Path(cfg.out).with_suffix(".onnx").is_file()):
         train_model(cfg, progress=False)
     model = PatchModel(Path(cfg.out).with_suffix(".onnx"), device="cpu", threads=1)
-    fitting, raw, samples = fold_scores(model, cfg, fold, speedup, draws)
+    fitting, raw, samples = fold_scores(model, cfg, fold, speedup, draws, zoom)
     results = {}
     for variant in variants:
         cards = variant_cards(model.card, raw, fitting, variant, threshold_quantiles, cfg.export)
@@ -136,6 +136,12 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (one core each)")
     parser.add_argument("--speedup", type=int, default=2)
+    parser.add_argument(
+        "--zoom",
+        type=float,
+        default=1.0,
+        help="also enlarge the stand-in this much (training/validation.proxy_samples)",
+    )
     parser.add_argument("--draws", type=int, default=2, help="sped-up versions of each frame")
     parser.add_argument("--calibrations", nargs="+", default=["position"], choices=["position", "global"])
     parser.add_argument("--top-k", type=int, nargs="+", default=[3], help="frame score: mean of the k highest")
@@ -172,7 +178,17 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         jobs = [
             pool.submit(
-                run_fold, cfg, fold, out, variants, quantiles, args.blocks, args.speedup, args.draws, args.reuse
+                run_fold,
+                cfg,
+                fold,
+                out,
+                variants,
+                quantiles,
+                args.blocks,
+                args.speedup,
+                args.zoom,
+                args.draws,
+                args.reuse,
             )
             for fold in folds
         ]
@@ -180,7 +196,8 @@ def main() -> None:
         for job in jobs:
             folds_done.append(job.result())
             print(f"fold {folds_done[-1]['fold']} done", flush=True)
-    print(f"\n{args.config}: x{args.speedup} speed-up, {args.draws} draws, {args.folds} folds (EER / AUC)")
+    stand_in = f"x{args.speedup} speed-up" + (f", enlarged x{args.zoom:g}" if args.zoom != 1 else "")
+    print(f"\n{args.config}: {stand_in}, {args.draws} draws, {args.folds} folds (EER / AUC)")
     block_heads = "".join(f"{'blocks ' + str(b):>18}" for b in args.blocks)
     alarm_heads = "".join(f"{'alarms@' + format(q, 'g'):>14}" for q in quantiles)
     heads = f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'bands':>6}{'window':>7}{'all folds':>18}"

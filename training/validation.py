@@ -48,8 +48,23 @@ def _proxy_draws(
     return proxy_scores_with(model.card, proxy_samples(model, folders, speedup, box, seeds), len(seeds))
 
 
+def enlarge_into(frame: np.ndarray, region: np.ndarray, cy: int, cx: int, zoom: float) -> None:
+    """Paste `region` scaled by `zoom` into `frame`, centred on (cy, cx), clipped at the frame's edges."""
+    big = cv2.resize(region, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
+    top, left = cy - big.shape[0] // 2, cx - big.shape[1] // 2
+    t0, l0 = max(0, top), max(0, left)
+    t1, l1 = min(frame.shape[0], top + big.shape[0]), min(frame.shape[1], left + big.shape[1])
+    frame[t0:t1, l0:l1] = big[t0 - top : t1 - top, l0 - left : l1 - left]
+
+
 def proxy_samples(
-    model: PatchModel, folders: list[os.PathLike], speedup: int, box: int, seeds: list[int], gate: bool = True
+    model: PatchModel,
+    folders: list[os.PathLike],
+    speedup: int,
+    box: int,
+    seeds: list[int],
+    gate: bool = True,
+    zoom: float = 1.0,
 ) -> list:
     """Per clip, (frame t, draw index or None for the frame as it is, motion energy per patch, raw scores).
 
@@ -57,6 +72,12 @@ def proxy_samples(
     that other calibrations, gates and frame-score settings can be tried on the
     same raw scores (`proxy_scores_with`). Raw scores are NaN where the card's
     gate kept the patch from the network; with `gate=False` every patch is scored.
+
+    With `zoom` > 1 the box's content is also enlarged that much, in the
+    current frame and the past ones alike: a stand-in that covers more ground
+    and, in pixels, moves `zoom` times faster (a cart or a cyclist nearer the
+    camera), where the plain speed-up changes how fast one walker moves but
+    hardly how many patches move.
     """
     card = model.card
     sampling_gate = card.gate if gate else None
@@ -87,11 +108,15 @@ def proxy_samples(
                 y0, y1 = max(0, cy - box // 2), min(h, cy + box // 2)
                 x0, x1 = max(0, cx - box // 2), min(w, cx + box // 2)
                 faster = []
-                for j in range(spec.history, 0, -1):
-                    past = frames[t - j].copy()
-                    past[y0:y1, x0:x1] = frames[t - speedup * j][y0:y1, x0:x1]
-                    faster.append(past)
-                add(t, draw, patches_from_frames(faster + [frames[t]], spec))
+                for j in range(spec.history, -1, -1):  # the past frames, then the current one (j = 0)
+                    frame = frames[t - j].copy()
+                    region = frames[t - speedup * j][y0:y1, x0:x1]
+                    if zoom == 1:
+                        frame[y0:y1, x0:x1] = region
+                    else:
+                        enlarge_into(frame, region, (y0 + y1) // 2, (x0 + x1) // 2, zoom)
+                    faster.append(frame)
+                add(t, draw, patches_from_frames(faster, spec))
         raw = model.raw_scores(np.concatenate([p for *_, p in samples]))
         offsets = np.cumsum([0] + [len(p) for *_, p in samples])
         clip = []
