@@ -10,6 +10,7 @@ from streamer.model import PatchModel
 from streamer.scoring import ScoringSettings
 from training.validation import (
     block_pairs,
+    enlarge_into,
     proxy_frame_scores,
     proxy_samples,
     proxy_scores_with,
@@ -109,3 +110,28 @@ def test_the_untrained_flow_statistic_baseline_runs_through_the_proxy(synthetic_
     spec.loader.exec_module(benchmark)
     result = speed_proxy(benchmark.FlowSpeedStatistic(), clips(synthetic_ped2), speedup=2)
     assert result["auc"] > 0.5  # twice the speed reads as faster flow
+
+
+def test_enlarge_into_pastes_the_scaled_region_centred_and_clipped_at_the_edges():
+    frame = np.zeros((10, 10), np.uint8)
+    enlarge_into(frame, np.full((2, 2), 7, np.uint8), 5, 5, 2)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[3:7, 3:7] = 7  # 4x4, centred on (5, 5)
+    np.testing.assert_array_equal(frame, expected)
+    corner = np.zeros((10, 10), np.uint8)
+    enlarge_into(corner, np.full((2, 2), 7, np.uint8), 0, 0, 2)
+    assert corner[:2, :2].tolist() == [[7, 7], [7, 7]] and corner.sum() == 4 * 7  # the rest fell off the frame
+
+
+def test_an_enlarged_stand_in_moves_more_patches_than_a_sped_up_one(tiny_model, synthetic_ped2):
+    model = PatchModel(tiny_model, threads=1)
+
+    def patches_added(**kwargs):
+        """Mean patches with motion energy >= 64 per stand-in frame, less the mean per frame as it is."""
+        samples = proxy_samples(model, clips(synthetic_ped2), box=48, seeds=[0], gate=False, **kwargs)
+        energy = [(draw is None, e) for clip in samples for _, draw, e, _ in clip]
+        stand_in = np.mean([(e >= 64).sum() for plain, e in energy if not plain])
+        return stand_in - np.mean([(e >= 64).sum() for plain, e in energy if plain])
+
+    assert patches_added(speedup=1, zoom=1) == 0  # no speed-up, no zoom: the frames as they are
+    assert patches_added(speedup=1, zoom=2) > patches_added(speedup=2, zoom=1) + 1
