@@ -7,7 +7,9 @@ clips, scored with a card whose calibration saw every training clip, the
 held-out ones included. Here the training clips are split into `--folds`
 folds; for each, a model is trained with the config on the other clips,
 calibrated on those clips only, and the fold's clips are scored as they are
-and with one person sped up. Every training clip is held out once, so the
+and with one person sped up (`--speedup`), or enlarged (`--zoom`: a mover
+covering more ground, as a cart or a cyclist does; `--speedup 1 --zoom 1.5`
+is the README's enlarged stand-in). Every training clip is held out once, so the
 proxy's normal frames are all the training frames, each unseen by the model
 and its calibration, as test frames are. Besides the EER it reports the
 share of those normal frames whose smoothed score passes the card's
