@@ -34,7 +34,7 @@ def main() -> None:
     folders = training_data.ped2_training_folders(args.data)
     clips = training_data.read_clips(folders, card.patch)
     moving = passes_gate(clips.energy, card.gate).reshape(clips.frames, clips.positions).sum(axis=1)
-    clip_of_frame = clips.clip_ids.reshape(clips.frames, clips.positions)[:, 0]
+    clip_of_frame = clips.clip_of_frame
     print(f"gate-passing patches per frame (gate {card.gate and card.gate['motion_threshold']}), mean / max per clip:")
     print(
         ", ".join(

@@ -76,7 +76,7 @@ def crowd_order(cfg: TrainConfig) -> list[str]:
     folders = training_data.ped2_training_folders(cfg.data.root)
     clips = training_data.read_clips(folders, build_spec(cfg, folders[0][1]), progress=False)
     moving = (clips.energy >= cfg.data.motion_threshold).reshape(clips.frames, clips.positions).sum(axis=1)
-    clip_of_frame = clips.clip_ids.reshape(clips.frames, clips.positions)[:, 0]
+    clip_of_frame = clips.clip_of_frame
     per_clip = {name: moving[clip_of_frame == i].mean() for i, name in enumerate(clips.clips)}
     print("moving patches per frame: " + ", ".join(f"{n} {m:.0f}" for n, m in sorted(per_clip.items())), flush=True)
     return sorted(per_clip, key=lambda name: -per_clip[name])

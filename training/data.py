@@ -31,6 +31,11 @@ class ClipPatches:
     def frames(self) -> int:
         return len(self.patches) // self.positions
 
+    @property
+    def clip_of_frame(self) -> np.ndarray:
+        """(frames,) index into `clips` of each frame."""
+        return self.clip_ids.reshape(self.frames, self.positions)[:, 0]
+
     def subset(self, mask: np.ndarray) -> np.ndarray:
         return self.patches[mask]
 
@@ -99,7 +104,7 @@ def frame_mask(data: ClipPatches, frames: list[tuple[str, int]]) -> np.ndarray:
     unknown = sorted({clip for clip, _ in frames} - set(data.clips))
     if unknown:
         raise ValueError(f"frames listed from clips {unknown} that are not among the training clips {data.clips}")
-    clip_of_frame = data.clip_ids[:: data.positions]
+    clip_of_frame = data.clip_of_frame
     first = {c: int(np.flatnonzero(clip_of_frame == c)[0]) for c in np.unique(clip_of_frame)}
     chosen = np.zeros(data.frames, dtype=bool)
     for clip, number in frames:

@@ -156,7 +156,7 @@ def calibrate(
     if bands is not None:
         scores = np.array([bands.apply(score, count) for score, count in zip(scores, counts)])
         log.info("count bands: edges %s (gate-passing patches per frame)", [f"{e:g}" for e in bands.edges])
-    clip_of_frame = data.clip_ids.reshape(data.frames, data.positions)[:, 0]
+    clip_of_frame = data.clip_of_frame
     smoothed = np.concatenate([smooth_series(scores[clip_of_frame == c], settings) for c in np.unique(clip_of_frame)])
     threshold = float(np.quantile(smoothed, threshold_quantile))
     percentiles = {f"p{q:g}": float(np.quantile(raw, q / 100)) for q in (50, 90, 99, 99.9)}
