@@ -109,12 +109,8 @@ def proxy_samples(
                 x0, x1 = max(0, cx - box // 2), min(w, cx + box // 2)
                 faster = []
                 for j in range(spec.history, -1, -1):  # the past frames, then the current one (j = 0)
-                    frame = frames[t - j].copy()
-                    region = frames[t - speedup * j][y0:y1, x0:x1]
-                    if zoom == 1:
-                        frame[y0:y1, x0:x1] = region
-                    else:
-                        enlarge_into(frame, region, (y0 + y1) // 2, (x0 + x1) // 2, zoom)
+                    frame = frames[t - j].copy()  # zoom 1 pastes the region back where it came from
+                    enlarge_into(frame, frames[t - speedup * j][y0:y1, x0:x1], (y0 + y1) // 2, (x0 + x1) // 2, zoom)
                     faster.append(frame)
                 add(t, draw, patches_from_frames(faster, spec))
         raw = model.raw_scores(np.concatenate([p for *_, p in samples]))
