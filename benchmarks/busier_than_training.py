@@ -21,6 +21,7 @@ import numpy as np
 from streamer.model import PatchModel
 from streamer.scoring import passes_gate
 from training import data as training_data
+from training.validation import interleaved_folds
 
 
 def main() -> None:
@@ -44,13 +45,12 @@ def main() -> None:
     )
     names = [name for name, _ in folders]
     above, total = 0, 0
-    for k in range(args.folds):
-        held = np.isin(clip_of_frame, [names.index(n) for n in names[k :: args.folds]])
+    for fold in interleaved_folds(names, args.folds):
+        held = np.isin(clip_of_frame, [names.index(n) for n in fold])
         limit = moving[~held].max()
         busier = int((moving[held] > limit).sum())
         above, total = above + busier, total + int(held.sum())
-        fold = "+".join(names[k :: args.folds])
-        print(f"fold {fold}: busiest other frame {limit}, {busier} of {held.sum()} frames above")
+        print(f"fold {'+'.join(fold)}: busiest other frame {limit}, {busier} of {held.sum()} frames above")
     print(f"all folds: {above} of {total} unseen normal frames ({above / total:.2%}) busier than every frame fitted")
 
 

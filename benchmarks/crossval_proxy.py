@@ -40,7 +40,7 @@ import argparse
 import itertools
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,14 @@ from training import data as training_data
 from training.config import TrainConfig
 from training.export import calibrate
 from training.train import build_spec, train_model
-from training.validation import block_pairs, proxy_pairs, proxy_samples, proxy_scores_with, roc_summary
+from training.validation import (
+    block_pairs,
+    interleaved_folds,
+    proxy_pairs,
+    proxy_samples,
+    proxy_scores_with,
+    roc_summary,
+)
 
 
 def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
@@ -97,27 +104,38 @@ def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: i
     return fitting, raw, samples
 
 
-def run_fold(
-    cfg: TrainConfig, fold: list[str], out: Path, variants, threshold_quantiles, blocks, speedup, zoom, draws, reuse
-) -> dict:
+@dataclass(frozen=True)
+class Plan:
+    """What every fold computes: the stand-in, and the scoring variants to try on it."""
+
+    variants: list[tuple]  # (calibration, top-k, gate, count bands, window)
+    threshold_quantiles: list[float]
+    blocks: list[int]  # event lengths for the smoothed EER, frames
+    speedup: int
+    zoom: float
+    draws: int
+    reuse: bool  # score fold models already trained rather than training again
+
+
+def run_fold(cfg: TrainConfig, fold: list[str], out: Path, plan: Plan) -> dict:
     """Train without the fold's clips (or reuse that model), then score them under each variant."""
     logging.basicConfig(level=logging.WARNING)
     name = "+".join(fold)
     cfg = replace(cfg, out=str(out / name), threads=1, data=replace(cfg.data, validation_clips=list(fold)))
-    if not (reuse and Path(cfg.out).with_suffix(".onnx").is_file()):
+    if not (plan.reuse and Path(cfg.out).with_suffix(".onnx").is_file()):
         train_model(cfg, progress=False)
     model = PatchModel(Path(cfg.out).with_suffix(".onnx"), device="cpu", threads=1)
-    fitting, raw, samples = fold_scores(model, cfg, fold, speedup, draws, zoom)
+    fitting, raw, samples = fold_scores(model, cfg, fold, plan.speedup, plan.draws, plan.zoom)
     results = {}
-    for variant in variants:
-        cards = variant_cards(model.card, raw, fitting, variant, threshold_quantiles, cfg.export)
+    for variant in plan.variants:
+        cards = variant_cards(model.card, raw, fitting, variant, plan.threshold_quantiles, cfg.export)
         card = cards[0]  # the threshold changes alarms only, not the EER
-        per_draw = proxy_scores_with(card, samples, draws)
+        per_draw = proxy_scores_with(card, samples, plan.draws)
         alarms = {}  # clip -> (frames passing each quantile's threshold, frames)
         for clip_name, clip in zip(fold, per_draw[0]):  # the frames as they are: the same in every draw
             plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
             alarms[clip_name] = (np.array([int((plain > c.scoring.threshold).sum()) for c in cards]), len(plain))
-        smoothed = [block_pairs(per_draw, b, card.scoring) for b in blocks]
+        smoothed = [block_pairs(per_draw, b, card.scoring) for b in plan.blocks]
         results[variant] = (*proxy_pairs(per_draw), alarms, smoothed)
     return {"fold": name, "results": results}
 
@@ -170,30 +188,16 @@ def main() -> None:
         folds = [names[i * size : (i + 1) * size] for i in range(args.folds)]
     else:
         names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
-        folds = [names[i :: args.folds] for i in range(args.folds)]
+        folds = interleaved_folds(names, args.folds)
     gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
     count_bands = args.count_bands if args.count_bands is not None else [cfg.export.count_bands]
     windows = args.windows or [cfg.export.scoring.window]
     variants = list(itertools.product(args.calibrations, args.top_k, gates, count_bands, windows))
     quantiles = args.threshold_quantiles or [cfg.export.threshold_quantile]
     out = Path(args.out)
+    plan = Plan(variants, quantiles, args.blocks, args.speedup, args.zoom, args.draws, args.reuse)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        jobs = [
-            pool.submit(
-                run_fold,
-                cfg,
-                fold,
-                out,
-                variants,
-                quantiles,
-                args.blocks,
-                args.speedup,
-                args.zoom,
-                args.draws,
-                args.reuse,
-            )
-            for fold in folds
-        ]
+        jobs = [pool.submit(run_fold, cfg, fold, out, plan) for fold in folds]
         folds_done = []
         for job in jobs:
             folds_done.append(job.result())

@@ -11,6 +11,7 @@ from streamer.scoring import ScoringSettings
 from training.validation import (
     block_pairs,
     enlarge_into,
+    interleaved_folds,
     proxy_frame_scores,
     proxy_samples,
     proxy_scores_with,
@@ -135,3 +136,11 @@ def test_an_enlarged_stand_in_moves_more_patches_than_a_sped_up_one(tiny_model, 
 
     assert patches_added(speedup=1, zoom=1) == 0  # no speed-up, no zoom: the frames as they are
     assert patches_added(speedup=1, zoom=2) > patches_added(speedup=2, zoom=1) + 1
+
+
+def test_interleaved_folds_hold_every_clip_out_exactly_once():
+    names = [f"Train{i:03d}" for i in range(1, 11)]
+    folds = interleaved_folds(names, 4)
+    assert folds[0] == ["Train001", "Train005", "Train009"]
+    assert folds[3] == ["Train004", "Train008"]
+    assert sorted(n for fold in folds for n in fold) == names

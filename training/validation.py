@@ -158,6 +158,11 @@ def proxy_pairs(per_draw: list[list[dict[int, dict[int, float]]]]) -> tuple[list
     return scores, labels
 
 
+def interleaved_folds(names: list[str], folds: int) -> list[list[str]]:
+    """Clip names split into `folds` folds, every `folds`-th name in each: the cross-validated proxy's split."""
+    return [names[i::folds] for i in range(folds)]
+
+
 def roc_summary(scores: list[float], labels: list[int]) -> dict:
     result = {"frames": len(labels), "anomalous": int(np.sum(labels)), "eer": None, "auc": None}
     if 0 < result["anomalous"] < len(labels):
