@@ -14,8 +14,9 @@ proxy's normal frames are all the training frames, each unseen by the model
 and its calibration, as test frames are. Besides the EER it reports the
 share of those normal frames whose smoothed score passes the card's
 threshold: false alarms on new normal video (the threshold aims at 1 %), or
-at other training-frame quantiles (`--threshold-quantiles`), and which clips
-they come from.
+at other training-frame quantiles (`--threshold-quantiles`), which clips
+they come from, and the threshold each fold fitted: how far it moves with
+the clips it is fitted on.
 
 Folds take every `--folds`-th clip (`--split interleaved`), or group the
 clips by how crowded they are (`--split crowd`: most moving patches per frame
@@ -136,7 +137,8 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, plan: Plan) -> dict:
             plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
             alarms[clip_name] = (np.array([int((plain > c.scoring.threshold).sum()) for c in cards]), len(plain))
         smoothed = [block_pairs(per_draw, b, card.scoring) for b in plan.blocks]
-        results[variant] = (*proxy_pairs(per_draw), alarms, smoothed)
+        thresholds = [c.scoring.threshold for c in cards]
+        results[variant] = (*proxy_pairs(per_draw), alarms, smoothed, thresholds)
     return {"fold": name, "results": results}
 
 
@@ -208,12 +210,14 @@ def main() -> None:
     alarm_heads = "".join(f"{'alarms@' + format(q, 'g'):>14}" for q in quantiles)
     heads = f"{'calibration':<12}{'top-k':>6}{'gate':>6}{'bands':>6}{'window':>7}{'all folds':>18}"
     print(f"{heads}{block_heads}{alarm_heads}   per fold")
-    clip_reports = []
+    clip_reports, threshold_reports = [], []
     for variant in variants:
-        pooled_scores, pooled_labels, clip_alarms, per_fold = [], [], {}, []
+        pooled_scores, pooled_labels, clip_alarms, per_fold, fold_thresholds = [], [], {}, [], []
         pooled_blocks = [([], []) for _ in args.blocks]
         for done in folds_done:
-            scores, labels, by_clip, smoothed = done["results"][variant]
+            scores, labels, by_clip, smoothed, thresholds = done["results"][variant]
+            passing = sum(a[0] for a, _ in by_clip.values()) / sum(n for _, n in by_clip.values())
+            fold_thresholds.append(f"{done['fold']} {thresholds[0]:.2f} ({passing:.2%})")
             pooled_scores += scores
             pooled_labels += labels
             clip_alarms.update(by_clip)
@@ -231,6 +235,7 @@ def main() -> None:
             + f"   {' '.join(per_fold)}"
         )
         clip_reports.append((variant, clip_alarms))
+        threshold_reports.append((variant, fold_thresholds))
     # Where the false alarms come from: a few clips can hold most of them (e.g. crowds).
     print(f"\nfalse alarms by clip at the {format(quantiles[0], 'g')} threshold (frames passing / frames)")
     for (mode, top_k, gate, bands, window), clip_alarms in clip_reports:
@@ -239,6 +244,13 @@ def main() -> None:
             f"{mode} top-{top_k} gate {gate} bands {bands} window {window}: "
             + ", ".join(f"{c} {a[0]}/{n}" for c, (a, n) in ranked)
         )
+    # How far the threshold moves with the training clips: each fold fits its own on 3/4 of them.
+    print(
+        f"\nthreshold fitted on each fold's fitting clips at the {format(quantiles[0], 'g')} quantile "
+        "(share of the fold's normal frames passing it)"
+    )
+    for (mode, top_k, gate, bands, window), fold_thresholds in threshold_reports:
+        print(f"{mode} top-{top_k} gate {gate} bands {bands} window {window}: " + ", ".join(fold_thresholds))
 
 
 if __name__ == "__main__":
