@@ -137,9 +137,13 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, plan: Plan) -> dict:
             plain = smooth_series(np.array([clip[t][0] for t in sorted(clip)]), card.scoring)
             alarms[clip_name] = (np.array([int((plain > c.scoring.threshold).sum()) for c in cards]), len(plain))
         smoothed = [block_pairs(per_draw, b, card.scoring) for b in plan.blocks]
-        thresholds = [c.scoring.threshold for c in cards]
-        results[variant] = (*proxy_pairs(per_draw), alarms, smoothed, thresholds)
+        results[variant] = (*proxy_pairs(per_draw), alarms, smoothed, card.scoring.threshold)
     return {"fold": name, "results": results}
+
+
+def variant_label(variant) -> str:
+    mode, top_k, gate, bands, window = variant
+    return f"{mode} top-{top_k} gate {gate} bands {bands} window {window}"
 
 
 def summary(scores, labels) -> str:
@@ -215,9 +219,9 @@ def main() -> None:
         pooled_scores, pooled_labels, clip_alarms, per_fold, fold_thresholds = [], [], {}, [], []
         pooled_blocks = [([], []) for _ in args.blocks]
         for done in folds_done:
-            scores, labels, by_clip, smoothed, thresholds = done["results"][variant]
+            scores, labels, by_clip, smoothed, threshold = done["results"][variant]
             passing = sum(a[0] for a, _ in by_clip.values()) / sum(n for _, n in by_clip.values())
-            fold_thresholds.append(f"{done['fold']} {thresholds[0]:.2f} ({passing:.2%})")
+            fold_thresholds.append(f"{done['fold']} {threshold:.2f} ({passing:.2%})")
             pooled_scores += scores
             pooled_labels += labels
             clip_alarms.update(by_clip)
@@ -238,19 +242,16 @@ def main() -> None:
         threshold_reports.append((variant, fold_thresholds))
     # Where the false alarms come from: a few clips can hold most of them (e.g. crowds).
     print(f"\nfalse alarms by clip at the {format(quantiles[0], 'g')} threshold (frames passing / frames)")
-    for (mode, top_k, gate, bands, window), clip_alarms in clip_reports:
+    for variant, clip_alarms in clip_reports:
         ranked = sorted(clip_alarms.items(), key=lambda item: -item[1][0][0] / item[1][1])
-        print(
-            f"{mode} top-{top_k} gate {gate} bands {bands} window {window}: "
-            + ", ".join(f"{c} {a[0]}/{n}" for c, (a, n) in ranked)
-        )
+        print(f"{variant_label(variant)}: " + ", ".join(f"{c} {a[0]}/{n}" for c, (a, n) in ranked))
     # How far the threshold moves with the training clips: each fold fits its own on 3/4 of them.
     print(
         f"\nthreshold fitted on each fold's fitting clips at the {format(quantiles[0], 'g')} quantile "
         "(share of the fold's normal frames passing it)"
     )
-    for (mode, top_k, gate, bands, window), fold_thresholds in threshold_reports:
-        print(f"{mode} top-{top_k} gate {gate} bands {bands} window {window}: " + ", ".join(fold_thresholds))
+    for variant, fold_thresholds in threshold_reports:
+        print(f"{variant_label(variant)}: " + ", ".join(fold_thresholds))
 
 
 if __name__ == "__main__":
