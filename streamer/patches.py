@@ -6,7 +6,7 @@ sees at run time exactly what it saw in training.
 Channels, by `motion`:
   none   [I_t]                          appearance only
   diff   [I_t, |I_t - I_{t-1}|]         appearance + absolute frame difference
-  flow   [I_t, |optical flow|]          appearance + speed (dense Farneback flow magnitude)
+  flow   [I_t, |optical flow|]          appearance + speed (dense flow magnitude, Farneback or DIS)
   flowbins [I_t, speed bin 1, ..., K]   appearance + per-pixel speed histogram channels
   stack  [I_{t-depth+1}, ..., I_t]      a short temporal stack
 
@@ -41,6 +41,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 Motion = Literal["none", "diff", "flow", "flowbins", "stack"]
 MOTION_MODES = get_args(Motion)
+# Dense optical flow: OpenCV's Farneback, or its DIS flow at one of its presets (several times cheaper).
+FlowMethod = Literal["farneback", "dis_ultrafast", "dis_fast", "dis_medium"]
+FLOW_METHODS = get_args(FlowMethod)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class PatchSpec:
     motion: Motion = "flow"
     depth: int = 2  # frames in a 'stack'; ignored by the other modes
     flow_scale: float = 0.75  # 'flow': resolution factor the flow is computed at
+    flow_method: FlowMethod = "farneback"  # the flow_levels/window/iterations settings are Farneback's alone
     flow_levels: int = 1  # Farneback pyramid levels: more follow larger displacements
     flow_window: int = 7  # Farneback averaging window, pixels: larger is smoother, blurs small movers
     flow_iterations: int = 1  # Farneback iterations per level
@@ -65,6 +69,8 @@ class PatchSpec:
             raise ValueError(f"patch size must be >= 2 and stride >= 1, got {self.size}, {self.stride}")
         if self.motion == "stack" and self.depth < 2:
             raise ValueError(f"a temporal stack needs depth >= 2, got {self.depth}")
+        if self.flow_method not in FLOW_METHODS:
+            raise ValueError(f"flow_method must be one of {FLOW_METHODS}, got {self.flow_method!r}")
         if not 0 < self.flow_scale <= 1 or self.flow_max <= 0:
             raise ValueError(f"flow_scale must be in (0, 1] and flow_max > 0, got {self.flow_scale}, {self.flow_max}")
         if min(self.flow_levels, self.flow_iterations) < 1 or self.flow_window < 3:
@@ -131,21 +137,42 @@ def patch_boxes(height: int, width: int, size: int, stride: int) -> np.ndarray:
     )
 
 
-def flow_speed(previous: np.ndarray, current: np.ndarray, spec: PatchSpec) -> np.ndarray:
-    """Dense Farneback optical-flow speed (the spec's flow settings), float32 pixels per frame at full resolution."""
-    h, w = current.shape
-    scale = spec.flow_scale
-    if scale != 1:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+_DIS_PRESETS = {
+    "dis_ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "dis_fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "dis_medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+_dis_instances: dict[str, cv2.DISOpticalFlow] = {}  # one per preset and process: creating one allocates
+
+
+def _flow_at_scale(previous: np.ndarray, current: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """(h, w, 2) flow by the spec's method, computed and returned at `flow_scale` of the frames' size."""
+    if spec.flow_scale != 1:
+        h, w = current.shape
+        size = (max(1, round(w * spec.flow_scale)), max(1, round(h * spec.flow_scale)))
         previous = cv2.resize(previous, size, interpolation=cv2.INTER_AREA)
         current = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
-    flow = cv2.calcOpticalFlowFarneback(
-        previous, current, None, 0.5, spec.flow_levels, spec.flow_window, spec.flow_iterations, 5, 1.1, 0
-    )
-    speed = cv2.magnitude(flow[..., 0], flow[..., 1])
-    if scale != 1:
-        speed = cv2.resize(speed, (w, h), interpolation=cv2.INTER_LINEAR) / scale
-    return speed
+    if spec.flow_method == "farneback":
+        return cv2.calcOpticalFlowFarneback(
+            previous, current, None, 0.5, spec.flow_levels, spec.flow_window, spec.flow_iterations, 5, 1.1, 0
+        )
+    dis = _dis_instances.get(spec.flow_method)
+    if dis is None:
+        dis = _dis_instances[spec.flow_method] = cv2.DISOpticalFlow_create(_DIS_PRESETS[spec.flow_method])
+    return dis.calc(previous, current, None)
+
+
+def _to_full_size(plane: np.ndarray, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """A flow-derived plane computed at `scale`, resized to `shape` and in full-resolution pixels."""
+    if scale == 1:
+        return plane
+    return cv2.resize(plane, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) / scale
+
+
+def flow_speed(previous: np.ndarray, current: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """Optical-flow speed (the spec's flow settings), float32 pixels per frame at full resolution."""
+    flow = _flow_at_scale(previous, current, spec)
+    return _to_full_size(cv2.magnitude(flow[..., 0], flow[..., 1]), current.shape, spec.flow_scale)
 
 
 def speed_bins(speed: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
