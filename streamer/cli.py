@@ -144,6 +144,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
     stop = stop_on_signals()
+    telemetry.initialise(ref.name, [ref.camera] if ref.camera else [c.id for c in cfg.cameras])
     if cfg.metrics.enabled:
         port = pipeline_config.metrics_port(cfg, ref)
         try:
@@ -222,6 +223,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     from prometheus_client.parser import text_string_to_metric_families
 
     from .pipeline import config as pipeline_config
+    from .pipeline.config import StageRef
 
     cfg = pipeline_config.load(args.config)
     host = cfg.metrics.host if cfg.metrics.host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -234,7 +236,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     for family in text_string_to_metric_families(text):
         if family.name == "vad_stage_up":
             for sample in family.samples:
-                print(f"{sample.labels['stage']:<24} {'up' if sample.value else 'restarting'}")
+                label = StageRef.from_metric_labels(sample.labels).label
+                print(f"{label:<24} {'up' if sample.value else 'restarting'}")
     return 0
 
 

@@ -108,7 +108,7 @@ class Alerter:
                 self._process(state, ready)
         self._save_progress()
         self.outbox.flush()
-        telemetry.QUEUE_DEPTH.labels("alerter").set(sum(len(s.reorder) for s in self.cameras.values()))
+        telemetry.QUEUE_DEPTH.labels("alerter", "").set(sum(len(s.reorder) for s in self.cameras.values()))
 
     def _positions(self) -> dict:
         return {camera: state.reorder.position for camera, state in self.cameras.items() if state.reorder.position}
@@ -216,7 +216,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             cfg.alerter.events_endpoint,
             cfg.alerter.event_log,
         )
-        stage_time = telemetry.STAGE_SECONDS.labels("alerter")
+        stage_time = telemetry.STAGE_SECONDS.labels("alerter", "")
         while inbox.open():
             message = inbox.receive()
             if message is not None:
