@@ -227,18 +227,36 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     cfg = pipeline_config.load(args.config)
     host = cfg.metrics.host if cfg.metrics.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{pipeline_config.supervisor_metrics_port(cfg)}/metrics"
-    try:
-        text = urllib.request.urlopen(url, timeout=args.timeout).read().decode()
-    except OSError as e:
-        print(f"unhealthy: the supervisor does not answer at {url} ({e})", file=sys.stderr)
+
+    def samples(port: int, name: str) -> list | None:
+        """The samples of one metric at a process's /metrics; None if it does not answer."""
+        try:
+            text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=args.timeout).read().decode()
+        except OSError:
+            return None
+        return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+    supervisor = pipeline_config.supervisor_metrics_port(cfg)
+    stages = samples(supervisor, "vad_stage_up")
+    if stages is None:
+        print(f"unhealthy: the supervisor does not answer at http://{host}:{supervisor}/metrics", file=sys.stderr)
         return 1
-    for family in text_string_to_metric_families(text):
-        if family.name == "vad_stage_up":
-            for sample in family.samples:
-                label = StageRef.from_metric_labels(sample.labels).label
-                print(f"{label:<24} {'up' if sample.value else 'restarting'}")
-    return 0
+    for sample in stages:
+        print(f"{StageRef.from_metric_labels(sample.labels).label:<24} {'up' if sample.value else 'restarting'}")
+    # A camera is only watched if the alerter takes its frames: all of them rejected is a blind camera.
+    blind = samples(pipeline_config.metrics_port(cfg, StageRef("alerter")), "vad_camera_blind")
+    blind = {s.labels["camera"]: s.value for s in blind} if blind is not None else {}
+    healthy = True
+    for camera in cfg.cameras:
+        up = samples(pipeline_config.metrics_port(cfg, StageRef("capture", camera.id)), "vad_camera_up")
+        if blind.get(camera.id):
+            state, healthy = "blind (its frames reach the alerter and every one is rejected)", False
+        elif not up or camera.id not in blind:
+            state = "unknown (its capture or the alerter does not answer)"
+        else:
+            state = "up" if up[0].value else "down (no frames from its source)"
+        print(f"{f'camera[{camera.id}]':<24} {state}")
+    return 0 if healthy else 1
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -378,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--authorize", help="also copy the public key into this authorized_keys folder")
     p.set_defaults(func=cmd_keys_generate)
 
-    p = sub.add_parser("health", help="exit 0 if the daemon's supervisor answers; prints each stage's state")
+    p = sub.add_parser(
+        "health",
+        help="prints each stage's and camera's state; exit 0 if the supervisor answers and no camera is blind",
+    )
     p.add_argument("--config", required=True, help="the pipeline YAML the daemon runs")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     p.set_defaults(func=cmd_health)

@@ -154,6 +154,7 @@ def test_vad_health_lists_every_stage_up(daemon, capsys):
         "patcher[cam1]": "up",
         "scorer[0]": "up",
         "alerter": "up",
+        "camera[cam1]": "up",
     }
 
 

@@ -10,6 +10,7 @@ message, which must come out the other side as usual.
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from streamer.model import ModelCard, card_path_for
 from streamer.patches import PatchExtractor
 from streamer.pipeline import config as pipeline_config
 from streamer.pipeline import messages
+from streamer.pipeline.events import read_events
 
 from .pipeline_helpers import (
     frame_header,
@@ -140,3 +142,53 @@ def attack(run_dir, tiny_model, stage):
             assert rejected() == len(variants)  # the huge part never reached the stage's code
             assert process.poll() is None
             assert rss_bytes(process.pid) - before < MEMORY_SLACK
+
+
+def test_a_foreign_stream_neither_blinds_a_camera_nor_freezes_the_alerter(tiny_model):
+    with short_dir() as run_dir:
+        foreign_stream_attack(run_dir, tiny_model)
+
+
+def foreign_stream_attack(run_dir, tiny_model):
+    """Issue 19, 1: one well-formed message of a new stream retired the camera's real stream, and seq 10**12
+    of that stream made the alerter step towards it one number at a time, deaf to SIGTERM."""
+    card = ModelCard.load(card_path_for(tiny_model))
+    config = write_config(
+        run_dir,
+        tiny_model,
+        [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
+        alerter={"end_after": 2, "update_every": 3},
+    )
+    cfg = pipeline_config.load(config)
+    port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
+    high = card.scoring.threshold * 3
+    real = [0.0] * 5 + [high] * 5 + [0.0] * 5  # an anomaly in frames 5-9, after the attack
+    with (
+        zmq.Context() as ctx,
+        ctx.socket(zmq.PUSH) as scorer,
+        running("stage", "alerter", "--config", str(config), log=run_dir / "log") as (process, _),
+    ):
+        scorer.setsockopt(zmq.LINGER, 0)
+        scorer.connect(cfg.alerter.scores_endpoint)
+        wait_for(lambda: try_scrape(port), 30, "the alerter's metrics endpoint")
+        for seq in range(5):
+            messages.send(scorer, scores_parts(card, seq, real[seq], stream="real"))
+        wait_for(lambda: len(read_jsonl(run_dir / "scores.jsonl")) == 5, 20, "the first real frames")
+        messages.send(scorer, scores_parts(card, 0, high, stream="evil"))  # a plausible start, even
+        messages.send(scorer, scores_parts(card, 10**12, high, stream="evil"))
+        for seq in range(5, len(real)):
+            messages.send(scorer, scores_parts(card, seq, real[seq], stream="real"))
+        wait_for(lambda: len(read_jsonl(run_dir / "scores.jsonl")) == len(real), 20, "every real frame decided on")
+        families = scrape(port)
+        assert sample(families, "vad_messages_rejected_total", stage="alerter", reason="foreign_stream") == 2
+        assert sample(families, "vad_messages_rejected_total", stage="alerter", reason="late") == 0
+        assert sample(families, "vad_camera_blind", camera="cam1") == 0
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0 and time.monotonic() - started < 5
+    records = read_jsonl(run_dir / "scores.jsonl")
+    assert [(r["seq"], r["score"]) for r in records] == list(enumerate(real))
+    events = read_events(cfg.alerter.event_log)
+    assert [e["type"] for e in events][0] == "start" and events[-1]["type"] == "end"
+    assert all(e["frames"] >= 1 and e["seq"] < len(real) for e in events)
+    assert events[-1]["reason"] == "below_threshold"

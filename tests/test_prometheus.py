@@ -140,7 +140,7 @@ def test_every_rule_and_dashboard_query_evaluates(scraped):
     # Counters that have counted nothing yet are there, at 0: increase() will see their first step.
     for name, labels in (
         ("vad_stage_restarts_total", {"stage": "capture", "camera": "cam1"}),
-        ("vad_messages_rejected_total", {"stage": "alerter", "reason": "late"}),
+        ("vad_messages_rejected_total", {"stage": "alerter", "reason": "foreign_stream"}),
         ("vad_frames_dropped_total", {"camera": "cam1", "reason": "lost"}),
         ("vad_camera_reconnects_total", {"camera": "cam1"}),
         ("vad_frames_busier_than_training_total", {"camera": "cam1"}),

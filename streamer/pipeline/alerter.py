@@ -4,7 +4,8 @@ Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
 the PUB socket as [b"event", JSON] (`Outbox`). Optionally every frame's scores go
-to a JSON lines file (evaluation, benchmarks).
+to a JSON lines file (evaluation, benchmarks). A camera whose scores are all
+rejected is reported blind (`CameraWatch`).
 
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
@@ -33,6 +34,7 @@ from .outbox import Outbox
 from .reorder import Reorder
 from .runtime import Inbox, make_socket
 from .security import curve_for
+from .watch import CameraWatch
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ class CameraState:
         self.reorder = Reorder(camera, cfg.alerter.max_pending, cfg.alerter.reorder_timeout, position)
         self.smoother = CausalSmoother(settings)
         self.tracker = tracker
+        self.watch = CameraWatch(camera)
         self.ended = False
+        self.stream: str | None = None  # of the last frame processed
         self.last_position: dict | None = None
 
 
@@ -81,11 +85,24 @@ class Alerter:
     def all_ended(self) -> bool:
         return all(state.ended for state in self.cameras.values())
 
-    def accept(self, message: Message) -> None:
+    def accept(self, message: Message, now: float | None = None) -> None:
         """Check a message and process whatever it makes ready, in order; MessageError if unusable."""
         state = self.cameras.get(message.camera)
         if state is None:
             raise MessageError("unknown_camera", f"camera {message.camera!r} is not configured")
+        now = time.monotonic() if now is None else now
+        try:
+            self._check(message)
+            ready = state.reorder.push(message, now)
+        except MessageError:
+            state.watch.rejected(now)
+            raise
+        state.watch.accepted()
+        for item in ready:
+            self._process(state, item)
+        self._save_progress()
+
+    def _check(self, message: Message) -> None:
         if message.kind == "scores":
             if message.header["model"] != self.sha256:
                 raise MessageError("model_mismatch", f"scored by model {message.header['model'][:12]}…")
@@ -98,14 +115,13 @@ class Alerter:
                 )
         elif message.kind != "end":
             raise MessageError("unexpected_kind", f"{message.kind} message on the score input")
-        for ready in state.reorder.push(message):
-            self._process(state, ready)
-        self._save_progress()
 
     def expire(self) -> None:
+        now = time.monotonic()
         for state in self.cameras.values():
-            for ready in state.reorder.expire():
+            for ready in state.reorder.expire(now):
                 self._process(state, ready)
+            state.watch.update(now)
         self._save_progress()
         self.outbox.flush()
         telemetry.QUEUE_DEPTH.labels("alerter", "").set(sum(len(s.reorder) for s in self.cameras.values()))
@@ -127,6 +143,11 @@ class Alerter:
             "clip": header.get("clip", ""),
             "capture_time": header["t_capture"],
         }
+        if header["stream"] != state.stream:  # another capture run: what was open ends with the old one
+            if state.stream is not None:
+                self._emit(state.tracker.close(state.last_position or position, "new_recording"))
+                state.smoother.reset()
+            state.stream = header["stream"]
         if message.kind == "end":
             reason = "end_of_stream" if header["reason"] == "end_of_stream" else "shutdown"
             self._emit(state.tracker.close(state.last_position or position, reason))

@@ -76,7 +76,11 @@ MESSAGES_REJECTED = Counter(
     "reaches the stage: libzmq drops the sender's connection, which no metric can tell from a peer leaving)",
     ["stage", "reason"],
 )
-
+CAMERA_BLIND = Gauge(
+    "vad_camera_blind",
+    "1 while this camera's frame scores keep reaching the alerter and every one is rejected: no event can fire on it",
+    ["camera"],
+)
 MODEL_INFO = Info("vad_model", "The model this scorer runs")
 
 # The supervisor's.
@@ -118,6 +122,8 @@ REJECTION_REASONS = ("malformed", "oversized", "unknown_camera", "unexpected_kin
 ALERTER_REJECTION_REASONS = REJECTION_REASONS + (
     "model_mismatch",  # scored by another model than the alerter's
     "late",  # after its turn, twice, or from a capture run that ended
+    "foreign_stream",  # a stream id other than the camera's while the camera's stream delivers
+    "seq_out_of_range",  # far beyond the reorder window of the camera's stream
 )
 EVENT_TYPES = ("start", "update", "end")
 
@@ -128,7 +134,8 @@ _PER_CAMERA = {
     + [(FRAMES_DROPPED, reason) for reason in ("backpressure", "unreadable", "oversized")],
     "patcher": [(PATCHES_GATED,)],
     "scorer": [(FRAMES_SCORED,), (PATCHES_SCORED,), (FRAMES_BUSIER_THAN_TRAINING,), (CAPTURE_TO_SCORE,)],
-    "alerter": [(FRAMES_DROPPED, "lost"), (CAPTURE_TO_ALERT,)] + [(EVENTS, kind) for kind in EVENT_TYPES],
+    "alerter": [(FRAMES_DROPPED, "lost"), (CAPTURE_TO_ALERT,), (CAMERA_BLIND,)]
+    + [(EVENTS, kind) for kind in EVENT_TYPES],
 }
 
 
