@@ -14,6 +14,7 @@ from streamer.model import ModelCard, card_path_for
 from streamer.pipeline import config as pipeline_config
 from streamer.pipeline.events import EventLog, read_events
 from streamer.pipeline.outbox import EVENT_TOPIC, Outbox
+from streamer.pipeline.publisher import HIGH_WATER_MARK
 
 from .pipeline_helpers import (
     receive_events,
@@ -155,3 +156,66 @@ def fill_the_disk_under_the_alerter(run_dir, tiny_model):
         assert sample(scrape(port), "vad_event_log_up") == 1 and process.poll() is None
     text = log_file.read_text()
     assert "event log cannot write to" in text and "event log writable again" in text
+
+
+def test_a_burst_of_held_events_reaches_a_live_subscriber_whole(tiny_model):
+    with short_dir() as run_dir:
+        burst_to_a_live_subscriber(run_dir, tiny_model)
+
+
+def burst_to_a_live_subscriber(run_dir, tiny_model):
+    """Issue 19, 2: the events socket's high-water mark was set after bind and never applied (libzmq's 8 instead
+    of 1000): 21 held events written out at once lost an update and an end on their way to `vad alerts`."""
+    card = ModelCard.load(card_path_for(tiny_model))
+    config = write_config(
+        run_dir,
+        tiny_model,
+        [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
+        scoring={"smoothing": "none"},
+        alerter={"score_log": None, "log_retry_seconds": 0.2, "end_after": 1, "update_every": 10**6},
+    )
+    cfg = pipeline_config.load(config)
+    port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
+    high = card.scoring.threshold * 3
+    burst = HIGH_WATER_MARK  # events: a start and an end for every two frames
+    seq = 0
+
+    def event_pair() -> None:
+        nonlocal seq
+        for score in (high, 0.0):
+            scorer.send_multipart(scores_parts(card, seq, score))
+            seq += 1
+
+    with (
+        zmq.Context() as ctx,
+        ctx.socket(zmq.PUSH) as scorer,
+        # Quiet: the full-disk trick below limits every file of the process, its log too.
+        running("stage", "alerter", "--config", str(config), log=run_dir / "log", level="warning") as (process, _),
+        running("alerts", "--config", str(config), log=run_dir / "alerts.jsonl") as (alerts, _),
+    ):
+        scorer.setsockopt(zmq.LINGER, 0)
+        scorer.connect(cfg.alerter.scores_endpoint)
+        wait_for(lambda: sample(try_scrape(port) or {}, "vad_event_log_up") == 1, 30, "the alerter and its log")
+
+        def printed() -> list[dict]:  # `vad alerts` prints events as JSON lines; its log lines go there too
+            lines = (run_dir / "alerts.jsonl").read_text().splitlines()
+            return [json.loads(line) for line in lines if line.startswith("{")]
+
+        wait_for(lambda: event_pair() or printed(), 30, "`vad alerts` to receive events", interval=0.5)
+        decided = lambda: sample(scrape(port), "vad_capture_to_alert_seconds_count", camera="cam1")  # noqa: E731
+        wait_for(lambda: decided() == seq, 20, "every frame sent so far decided on")
+
+        # The log's write-ahead file may not grow by a byte; the alerter's other files are smaller (its log
+        # is quiet, its state a few bytes).
+        limit = os.path.getsize(cfg.alerter.event_log + "-wal")
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        for _ in range(burst // 2):
+            event_pair()
+        wait_for(lambda: sample(scrape(port), "vad_event_log_held") == burst, 30, f"{burst} events held")
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        wait_for(lambda: sample(scrape(port), "vad_event_log_held") == 0, 30, "the held events written out")
+        logged = read_events(cfg.alerter.event_log)
+        held = logged[-burst:]
+        wait_for(lambda: printed()[-1] == held[-1], 10, "the last held event at `vad alerts`")
+        assert alerts.poll() is None
+        assert printed()[-burst:] == held  # every one, in order

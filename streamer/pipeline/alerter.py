@@ -3,9 +3,9 @@
 Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
-the PUB socket as [b"event", JSON] (`Outbox`). Optionally every frame's scores go
-to a JSON lines file (evaluation, benchmarks). A camera whose scores are all
-rejected is reported blind (`CameraWatch`).
+the events socket as [b"event", JSON] (`Outbox`, `EventPublisher`). Optionally
+every frame's scores go to a JSON lines file (evaluation, benchmarks). A camera
+whose scores are all rejected is reported blind (`CameraWatch`).
 
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
@@ -31,6 +31,7 @@ from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
 from .messages import Message, MessageError
 from .outbox import Outbox
+from .publisher import EventPublisher
 from .reorder import Reorder
 from .runtime import Inbox, make_socket
 from .security import curve_for
@@ -38,8 +39,6 @@ from .watch import CameraWatch
 
 log = logging.getLogger(__name__)
 
-PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
-PUB_MAX_MESSAGE_BYTES = 1024  # what a subscriber may send: subscriptions
 SUBSCRIBER_GRACE_SECONDS = 0.5  # between binding the PUB socket and taking the first scores
 
 
@@ -209,11 +208,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         score_log = None
         if cfg.alerter.score_log:
             score_log = stack.enter_context(open(cfg.alerter.score_log, "a", buffering=1))
-        publisher = make_socket(
-            ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging, curve=curve
-        )
-        publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
-        publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        publisher = EventPublisher(ctx, cfg.alerter.events_endpoint, cfg.messaging, curve)
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
         stop.wait(SUBSCRIBER_GRACE_SECONDS)
@@ -225,7 +220,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         outbox = Outbox(
             event_log,
-            lambda parts: publisher.send_multipart(parts),
+            publisher.publish,
             cfg.alerter.log_retry_seconds,
             cfg.alerter.max_held_events,
         )
@@ -239,6 +234,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         stage_time = telemetry.STAGE_SECONDS.labels("alerter", "")
         while inbox.open():
+            publisher.serve()
             message = inbox.receive()
             if message is not None:
                 started = time.perf_counter()

@@ -21,10 +21,10 @@ from typing import Callable
 
 from . import telemetry
 from .events import EventLog, EventLogError, closed_by_restart
+from .publisher import EVENT_TOPIC
 
 log = logging.getLogger(__name__)
 
-EVENT_TOPIC = b"event"
 REPORT_EVERY_SECONDS = 30.0
 
 

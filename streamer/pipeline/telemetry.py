@@ -124,6 +124,7 @@ ALERTER_REJECTION_REASONS = REJECTION_REASONS + (
     "late",  # after its turn, twice, or from a capture run that ended
     "foreign_stream",  # a stream id other than the camera's while the camera's stream delivers
     "seq_out_of_range",  # far beyond the reorder window of the camera's stream
+    "subscription",  # an events subscriber cut for sending more than a budget of what can match no event
 )
 EVENT_TYPES = ("start", "update", "end")
 
