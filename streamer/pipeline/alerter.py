@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -39,6 +40,7 @@ from .watch import CameraWatch
 
 log = logging.getLogger(__name__)
 
+SPILL_FILE = "unlogged-events.jsonl"  # in the run dir: events the log could not take at exit (Outbox)
 SUBSCRIBER_GRACE_SECONDS = 0.5  # between binding the PUB socket and taking the first scores
 
 
@@ -223,6 +225,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             publisher.publish,
             cfg.alerter.log_retry_seconds,
             cfg.alerter.max_held_events,
+            os.path.join(cfg.run_dir, SPILL_FILE),
         )
         alerter = Alerter(cfg, outbox, progress, score_log)
         outbox.flush()  # ends the events a killed predecessor left open
