@@ -207,6 +207,32 @@ def fill_the_disk_under_the_alerter(run_dir, tiny_model):
     assert "event log cannot write to" in text and "event log writable again" in text
 
 
+def failing_disk_alerter(run_dir) -> dict:
+    """Alerter settings for an alerter whose event log's disk `fail_the_log_disk` can fail."""
+    return {
+        "score_log": None,
+        "log_retry_seconds": 0.2,
+        "end_after": 1,
+        "event_log": str(run_dir / "disk" / "events.sqlite"),
+    }
+
+
+def fail_the_log_disk(process, cfg, run_dir) -> None:
+    """The alerter's next write to its log fails (the write-ahead file may not grow: run it quiet, its other
+    files stay smaller), and so does every reopening after it (a file where the log's folder was)."""
+    limit = os.path.getsize(cfg.alerter.event_log + "-wal")
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    (run_dir / "disk").rename(run_dir / "away")
+    (run_dir / "disk").write_text("")
+
+
+def restore_the_log_disk(process, run_dir) -> None:
+    if process is not None:
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    (run_dir / "disk").unlink()
+    (run_dir / "away").rename(run_dir / "disk")
+
+
 def test_a_burst_of_held_events_reaches_a_live_subscriber_whole(tiny_model):
     with short_dir() as run_dir:
         burst_to_a_live_subscriber(run_dir, tiny_model)
@@ -221,7 +247,7 @@ def burst_to_a_live_subscriber(run_dir, tiny_model):
         tiny_model,
         [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
         scoring={"smoothing": "none"},
-        alerter={"score_log": None, "log_retry_seconds": 0.2, "end_after": 1, "update_every": 10**6},
+        alerter={**failing_disk_alerter(run_dir), "update_every": 10**6},
     )
     cfg = pipeline_config.load(config)
     port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
@@ -254,14 +280,11 @@ def burst_to_a_live_subscriber(run_dir, tiny_model):
         decided = lambda: sample(scrape(port), "vad_capture_to_alert_seconds_count", camera="cam1")  # noqa: E731
         wait_for(lambda: decided() == seq, 20, "every frame sent so far decided on")
 
-        # The log's write-ahead file may not grow by a byte; the alerter's other files are smaller (its log
-        # is quiet, its state a few bytes).
-        limit = os.path.getsize(cfg.alerter.event_log + "-wal")
-        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        fail_the_log_disk(process, cfg, run_dir)
         for _ in range(burst // 2):
             event_pair()
         wait_for(lambda: sample(scrape(port), "vad_event_log_held") == burst, 30, f"{burst} events held")
-        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        restore_the_log_disk(process, run_dir)
         wait_for(lambda: sample(scrape(port), "vad_event_log_held") == 0, 30, "the held events written out")
         logged = read_events(cfg.alerter.event_log)
         held = logged[-burst:]
@@ -282,12 +305,7 @@ def spill_across_a_restart(run_dir, tiny_model):
         tiny_model,
         [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
         scoring={"smoothing": "none"},
-        alerter={
-            "score_log": None,
-            "log_retry_seconds": 0.2,
-            "end_after": 1,
-            "event_log": str(run_dir / "disk" / "events.sqlite"),
-        },
+        alerter=failing_disk_alerter(run_dir),
     )
     cfg = pipeline_config.load(config)
     port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
@@ -302,20 +320,14 @@ def spill_across_a_restart(run_dir, tiny_model):
             for seq, score in enumerate([high, 0.0]):
                 scorer.send_multipart(scores_parts(card, seq, score))
             wait_for(lambda: len(read_events(cfg.alerter.event_log)) == 2, 20, "an event logged")
-            # The log's disk fails: its next write (its write-ahead file may not grow), and every reopening
-            # after it (a file where its folder was).
-            limit = os.path.getsize(cfg.alerter.event_log + "-wal")
-            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-            (run_dir / "disk").rename(run_dir / "away")
-            (run_dir / "disk").write_text("")
+            fail_the_log_disk(process, cfg, run_dir)
             scorer.send_multipart(scores_parts(card, 2, high))  # an event starts, and waits
             wait_for(lambda: sample(scrape(port), "vad_event_log_held") == 1, 20, "the start held")
             process.send_signal(signal.SIGTERM)  # stopped with the disk still full
             assert process.wait(20) == 0
         spilled = read_spill(spill_file)
         assert [(e["type"], e["reason"]) for e in spilled] == [("start", None), ("end", "shutdown")]
-        (run_dir / "disk").unlink()
-        (run_dir / "away").rename(run_dir / "disk")  # the disk is back
+        restore_the_log_disk(None, run_dir)
         assert len(read_events(cfg.alerter.event_log)) == 2
 
         with (
