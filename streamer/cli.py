@@ -281,7 +281,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json)
+    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, ui=not args.no_ui)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.server import serve, site_for_config, site_for_run_dir
+
+    if args.config:
+        from .pipeline import config as pipeline_config
+
+        site = site_for_config(pipeline_config.load(args.config), args.host, args.port)
+    else:
+        site = site_for_run_dir(args.run_dir, args.host or "127.0.0.1", args.port or 8080)
+    print(f"review page: {site.url}{'  (needs the token: open ?token=TOKEN once)' if site.token else ''}", flush=True)
+    serve(site)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="play as fast as the pipeline goes, not at the clip's fps")
     p.add_argument("--metrics-port", type=int, help="first metrics port (default 9100, or free ones if taken)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="no review page (without this, the page is served during the run, and after it until Ctrl-C when "
+        "the output is a terminal)",
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="serve the event review page: events, snapshots, clips, camera states")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the pipeline YAML the daemon runs (its ui: section, event log, metrics)")
+    where.add_argument("--run-dir", help="a run folder alone (its events.sqlite and snapshots/)")
+    p.add_argument("--host", help="address to serve on (default ui.host, 127.0.0.1); beyond loopback needs a token")
+    p.add_argument("--port", type=int, help="default ui.port, 8080")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
     p.add_argument("--config", required=True, help="pipeline YAML (see configs/camera.yaml)")

@@ -9,6 +9,9 @@ to a JSON lines file (evaluation, benchmarks).
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
 events it left open are ended (reason `restart`) by the Outbox.
+
+Every frame and event is also handed to `media.EventMedia` (snapshots, score
+traces, clips; written in the background), and `retention` prunes old events.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from . import telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
+from .media import FINISH_SECONDS, STOP_SECONDS, EventMedia, without_media
 from .messages import Message, MessageError
 from .outbox import Outbox
+from .preview import PreviewReader
 from .reorder import Reorder
+from .retention import Retention, RetentionThread
 from .runtime import Inbox, make_socket
 from .security import curve_for
 
@@ -51,7 +57,9 @@ class CameraState:
 
 
 class Alerter:
-    def __init__(self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None):
+    def __init__(
+        self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None, media: EventMedia | None = None
+    ):
         card = ModelCard.load(card_path_for(cfg.model))
         card.check_geometry()
         self.cfg = cfg
@@ -63,6 +71,7 @@ class Alerter:
         self.outbox = outbox
         self.progress = progress
         self.score_log = score_log
+        self.media = media
         model = {"method": card.method, "sha256": card.onnx_sha256}
         reached = progress.read() or {}
         self.cameras = {
@@ -141,12 +150,14 @@ class Alerter:
         patch_scores = message.arrays["patch_scores"]
         smoothed = state.smoother.update(header["score"])
         telemetry.FRAME_SCORE.labels(message.camera).set(smoothed)
+        level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
+        if self.count_bands is not None:
+            level = self.count_bands.level(self.threshold, header["moving"])
+        if self.media is not None:
+            self.media.frame(message.camera, header, smoothed, patch_scores, level)
 
         def boxes() -> list[dict]:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
-            level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
-            if self.count_bands is not None:
-                level = self.count_bands.level(self.threshold, header["moving"])
             return top_boxes(patch_scores, frame_boxes, level, self.cfg.alerter.max_boxes)
 
         self._emit(state.tracker.frame(position, smoothed, boxes))
@@ -170,7 +181,7 @@ class Alerter:
 
     def _emit(self, event: dict | None) -> None:
         if event is not None:
-            self.outbox.put(event)
+            self.outbox.put(self.media.event(event) if self.media is not None else without_media(event))
 
     def shutdown(self) -> None:
         """Close every open event (the log then holds an end for each start)."""
@@ -180,7 +191,13 @@ class Alerter:
 
 
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
-    with ExitStack() as stack, zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
+    # `threads` unwinds first: reader threads let go of their sockets before the context closes them.
+    with (
+        ExitStack() as stack,
+        zmq.Context() as ctx,
+        curve_for(ctx, cfg.security.curve) as curve,
+        ExitStack() as threads,
+    ):
         event_log = EventLog(cfg.alerter.event_log)
         stack.callback(event_log.close)
         progress = Checkpoint(state_path(cfg.run_dir, "alerter"))
@@ -193,6 +210,15 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
         publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        media = None
+        if cfg.alerter.media.enabled:
+            media = EventMedia(
+                cfg.run_dir, cfg.alerter.media, ModelCard.load(card_path_for(cfg.model)).patch, cfg.alerter.max_boxes
+            )
+            threads.callback(PreviewReader(ctx, cfg, media.ring, curve).close)
+        retention_stop = threading.Event()
+        threads.callback(retention_stop.set)
+        RetentionThread(Retention(cfg.run_dir, cfg.alerter.event_log, cfg.alerter.retention), retention_stop).start()
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
         stop.wait(SUBSCRIBER_GRACE_SECONDS)
@@ -208,7 +234,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             cfg.alerter.log_retry_seconds,
             cfg.alerter.max_held_events,
         )
-        alerter = Alerter(cfg, outbox, progress, score_log)
+        alerter = Alerter(cfg, outbox, progress, score_log, media)
         outbox.flush()  # ends the events a killed predecessor left open
         log.info(
             "alerter: threshold %.4g, events on %s, log %s",
@@ -232,6 +258,8 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
                 break
         alerter.shutdown()
         outbox.close()
+        if media is not None:
+            media.close(STOP_SECONDS if stop.is_set() else FINISH_SECONDS)
         inbox.close()
         publisher.close()
     return 0

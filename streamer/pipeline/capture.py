@@ -28,6 +28,7 @@ from ..sources import FolderSource, Frame, SourceError, VideoSource, open_captur
 from . import messages, telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import CameraConfig, PipelineConfig
+from .preview import READER_WAIT_SECONDS, PreviewPublisher, publisher_socket
 from .runtime import make_socket, send_blocking
 from .security import curve_for
 
@@ -50,8 +51,16 @@ class FrameSender:
     next run starts a new one.
     """
 
-    def __init__(self, socket: zmq.Socket, camera: str, stop: threading.Event, cfg: PipelineConfig):
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        camera: str,
+        stop: threading.Event,
+        cfg: PipelineConfig,
+        preview: PreviewPublisher | None = None,
+    ):
         self.socket = socket
+        self.preview = preview  # also publishes each frame sent, small, for event media
         self.camera = camera
         self.stop = stop
         self.linger_seconds = cfg.messaging.linger_seconds
@@ -87,8 +96,11 @@ class FrameSender:
             )
             return True
         header = {"kind": "frame", "t_capture": frame.timestamp, "index": frame.index, "clip": clip, "reset": reset}
+        seq = self.seq
         if not self._send(header, {"image": frame.image}):
             return False
+        if self.preview is not None:
+            self.preview.publish({"camera": self.camera, "stream": self.stream, "seq": seq, **header}, frame.image)
         telemetry.FRAMES_CAPTURED.labels(self.camera).inc()
         self.frames += 1
         return True
@@ -166,8 +178,8 @@ def recorded_sources(camera: CameraConfig) -> list[tuple[str, VideoSource | Fold
     return [(clip.name, FolderSource(clip.path)) for clip in clips]
 
 
-def recorded_frames(camera: CameraConfig, stop: threading.Event) -> Iterator[Captured]:
-    """Frames of recorded sources in order, paced to `fps` if asked, looping if asked.
+def recorded_frames(camera: CameraConfig, stop: threading.Event) -> tuple[Iterator[Captured], float]:
+    """Frames of recorded sources in order, paced to `fps` if asked, looping if asked; and that fps (0: unknown).
 
     The sources open now, so a missing file is an error at start rather than later.
     """
@@ -175,7 +187,7 @@ def recorded_frames(camera: CameraConfig, stop: threading.Event) -> Iterator[Cap
     fps = camera.fps or getattr(sources[0][1], "fps", 0) or (PED2_FPS if camera.source_kind == "ped2" else 0)
     if camera.pace and not fps:
         raise SourceError(f"camera {camera.id}: pace: true needs fps (the source does not say its frame rate)")
-    return _play(camera, sources, fps, stop)
+    return _play(camera, sources, fps, stop), fps
 
 
 def _play(camera: CameraConfig, sources: list, fps: float, stop: threading.Event) -> Iterator[Captured]:
@@ -266,7 +278,10 @@ def send_live(frames: Iterator[Captured], sender: FrameSender, size: int, stop: 
 def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Callable = open_capture) -> int:
     camera = cfg.camera(camera_id)
     live_source = camera.source_kind in ("camera", "url")
-    frames = camera_frames(camera, stop, opener) if live_source else recorded_frames(camera, stop)
+    if live_source:
+        frames, fps = camera_frames(camera, stop, opener), camera.fps or 0.0
+    else:
+        frames, fps = recorded_frames(camera, stop)
     log.info(
         "%s: %s source %s, %s",
         camera.id,
@@ -276,7 +291,16 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
     )
     with zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         socket = make_socket(ctx, zmq.PUSH, camera.frames_endpoint, bind=True, messaging=cfg.messaging, curve=curve)
-        sender = FrameSender(socket, camera.id, stop, cfg)
+        preview = None
+        if cfg.alerter.media.enabled:
+            media = cfg.alerter.media
+            preview_socket = publisher_socket(ctx, camera.preview_endpoint, cfg, curve)
+            preview = PreviewPublisher(preview_socket, media.max_width, media.jpeg_quality, fps)
+            if not camera.is_live and not preview.wait_for_reader(READER_WAIT_SECONDS, stop):
+                log.warning(
+                    "%s: no alerter took previews within %.0f s: events may lack media", camera.id, READER_WAIT_SECONDS
+                )
+        sender = FrameSender(socket, camera.id, stop, cfg, preview)
         if camera.is_live:
             send_live(frames, sender, camera.buffer_frames, stop)
         else:
@@ -292,4 +316,6 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
             # so long); staying up until stopped keeps a recorded source lossless to the end.
             stop.wait()
         socket.close()
+        if preview is not None:
+            preview.socket.close()
     return 0
