@@ -10,13 +10,20 @@ import time
 import cv2
 import numpy as np
 import pytest
+import zmq
+from prometheus_client import REGISTRY
 
 from streamer.patches import PatchExtractor, PatchSpec
+from streamer.pipeline import config as pipeline_config
+from streamer.pipeline import messages
+from streamer.pipeline.config import free_port_base
 from streamer.pipeline.events import EventTracker, top_boxes
 from streamer.pipeline.media import CLIP_CODECS, EventMedia, _Queue, choose_codec, writable_codecs
-from streamer.pipeline.preview import Preview, PreviewRing, decode_preview, encode_jpeg, jpeg_size
+from streamer.pipeline.preview import Preview, PreviewReader, PreviewRing, decode_preview, encode_jpeg, jpeg_size
 from streamer.pipeline.review_config import MediaConfig
 from streamer.pipeline.snapshots import caption_height
+
+from .pipeline_helpers import wait_for
 
 SHAPE = (120, 180)
 SPEC = PatchSpec()  # 30 px patches every 15 px
@@ -214,3 +221,44 @@ def test_codecs_are_probed_and_one_that_browsers_play_is_chosen():
     assert set(available) <= set(CLIP_CODECS)
     assert choose_codec("auto") == available[0]
     assert choose_codec("no-such-codec") is None
+
+
+def test_the_preview_reader_drops_what_is_not_a_preview_of_a_configured_camera(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port_base(1)}"
+    cfg = pipeline_config.PipelineConfig(
+        cameras=[pipeline_config.CameraConfig(id="cam1", source=0, preview_endpoint=endpoint)], run_dir=str(tmp_path)
+    )
+
+    def rejected(reason: str) -> float:
+        return REGISTRY.get_sample_value("vad_messages_rejected_total", {"stage": "previews", "reason": reason}) or 0
+
+    before = {reason: rejected(reason) for reason in ("malformed", "unexpected_kind", "unknown_camera")}
+    ring = PreviewRing(keep_frames=10)
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as hostile:
+        hostile.setsockopt(zmq.LINGER, 0)
+        hostile.bind(endpoint)
+        reader = PreviewReader(ctx, cfg, ring, None)
+        try:
+            header = {"camera": "cam1", "stream": "s1", "t_capture": time.time(), "index": 1, "clip": "", "reset": True}
+            jpeg = {"jpeg": encode_jpeg(frame(1), 90)}
+            good = messages.encode({**header, "kind": "preview", "seq": 0, "fps": 10.0}, jpeg)
+
+            def delivered() -> bool:  # PUB drops until the reader's subscription arrives: resend until it lands
+                hostile.send_multipart(good)
+                return ring.get("cam1", "s1", 0) is not None
+
+            wait_for(delivered, 10, "a first preview through")
+            hostile.send_multipart([b"\x00 not json"])
+            hostile.send_multipart([b"part"] * 50)
+            hostile.send_multipart(messages.encode({**header, "kind": "frame", "seq": 1}, {"image": frame(1)}))
+            hostile.send_multipart(
+                messages.encode({**header, "camera": "cam9", "kind": "preview", "seq": 2, "fps": 1.0}, jpeg)
+            )
+            hostile.send_multipart(messages.encode({**header, "kind": "preview", "seq": 3, "fps": 10.0}, jpeg))
+            wait_for(lambda: ring.get("cam1", "s1", 3) is not None, 10, "the good preview after the bad ones")
+        finally:
+            reader.close()
+    assert rejected("malformed") - before["malformed"] >= 2
+    assert rejected("unexpected_kind") - before["unexpected_kind"] == 1
+    assert rejected("unknown_camera") - before["unknown_camera"] == 1
+    assert ring.get("cam1", "s1", 2) is None and ring.held()[0] == 2

@@ -28,9 +28,9 @@ class MediaConfig:
 
     def __post_init__(self):
         if not 64 <= self.max_width <= 4096 or not 10 <= self.jpeg_quality <= 100:
-            raise ValueError("media: max_width must be in 64..4096 and jpeg_quality in 10..100")
+            raise ValueError("max_width must be in 64..4096 and jpeg_quality in 10..100")
         if not 0 <= self.preroll_seconds <= 30 or not 1 <= self.max_clip_seconds <= 600:
-            raise ValueError("media: preroll_seconds must be in 0..30 and max_clip_seconds in 1..600")
+            raise ValueError("preroll_seconds must be in 0..30 and max_clip_seconds in 1..600")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class RetentionConfig:
 
     def __post_init__(self):
         if (self.days is not None and self.days <= 0) or (self.max_mb is not None and self.max_mb <= 0):
-            raise ValueError("retention: days and max_mb must be > 0 (or null for no limit)")
+            raise ValueError("days and max_mb must be > 0 (or null for no limit)")
 
 
 @dataclass
@@ -59,9 +59,9 @@ class UiConfig:
         if self.token == "":  # an unset ${VAD_UI_TOKEN:-}
             self.token = None
         if not 1 <= self.port <= 65535:
-            raise ValueError(f"ui: port must be in 1..65535, got {self.port}")
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.token is not None and len(self.token) < UI_TOKEN_MIN_LENGTH:
-            raise ValueError(f"ui: token must be at least {UI_TOKEN_MIN_LENGTH} characters")
+            raise ValueError(f"token must be at least {UI_TOKEN_MIN_LENGTH} characters")
 
 
 def review_problems(ui: UiConfig, allow_remote: bool, is_loopback) -> list[str]:
