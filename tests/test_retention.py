@@ -109,3 +109,18 @@ def test_media_folders_without_rows_go_by_age_after_a_grace_time_and_other_files
 def test_no_limits_prune_nothing_and_a_missing_log_is_no_error(tmp_path):
     retention = Retention(tmp_path, tmp_path / "events.sqlite", RetentionConfig(days=None, max_mb=None), Clock(0))
     assert retention.prune().events == 0
+
+
+def test_a_folder_that_grew_since_the_last_pass_is_counted_anew(run):
+    run_dir, log = run
+    now = 10 * DAY
+    older, newer = (add_event(run_dir, log, now - hours * 3600, media_bytes=MB) for hours in (2, 1))
+    retention = Retention(run_dir, log.path, RetentionConfig(days=None, max_mb=3), Clock(now))
+    assert retention.prune().kept_bytes == 2 * MB  # under the cap
+    clip = run_dir / SNAPSHOT_DIR / newer / "clip.mp4"
+    partial = clip.with_name(".partial.clip.mp4")
+    partial.write_bytes(b"v" * 2 * MB)  # a finished clip replaces the old one, as the clip encoder does
+    os.replace(partial, clip)
+    pruned = retention.prune()
+    assert pruned.events == 1 and pruned.kept_bytes == MB // 2 + 2 * MB
+    assert remaining(run_dir, log) == ({newer}, {newer})

@@ -53,7 +53,7 @@ def test_bad_media_and_retention_settings_are_refused_with_their_path(tmp_path):
         alerter={"media": {"max_width": 10, "clip_codec": "divx"}, "retention": {"days": 0}},
     )
     assert found == [
-        "alerter.media.clip_codec: must be one of 'auto', 'h264', 'vp9', 'vp8', got 'divx'",
+        "alerter.media.clip_codec: must be one of 'auto', 'h264', 'vp8', 'vp9', got 'divx'",
         "alerter.retention: days and max_mb must be > 0 (or null for no limit)",
     ]
     assert problems(tmp_path, alerter={"media": {"preroll_seconds": 60}}) == [
@@ -62,7 +62,7 @@ def test_bad_media_and_retention_settings_are_refused_with_their_path(tmp_path):
 
 
 def test_config_check_refuses_a_codec_this_opencv_cannot_write(tmp_path, tiny_model, capsys):
-    missing = [codec for codec in ("h264", "vp9", "vp8") if codec not in writable_codecs()]
+    missing = [codec for codec in ("h264", "vp8", "vp9") if codec not in writable_codecs()]
     if not missing:
         pytest.skip("this OpenCV build writes every clip codec")
     config = {

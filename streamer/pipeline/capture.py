@@ -106,6 +106,8 @@ class FrameSender:
         return True
 
     def end(self, reason: str) -> None:
+        if self.preview is not None:
+            self.preview.end({"camera": self.camera, "stream": self.stream, "seq": self.seq, "reason": reason})
         if self._send({"kind": "end", "t_capture": time.time(), "reason": reason}):
             self.checkpoint.clear()  # the stream is over: the next run starts a new one
         else:

@@ -4,8 +4,10 @@ Files, under RUN_DIR/snapshots/<event_id>/:
   start.jpg    the frame that started the event            (written at the start)
   peak.jpg     the frame of the highest smoothed score     (rewritten at each update and at the end)
   scores.json  smoothed and raw score of every frame, from the pre-roll to the end
-  clip.mp4     pre-roll (`preroll_seconds`) to the end, at most `max_clip_seconds`; H.264 where this OpenCV
-               can write it, else VP9 (clip.webm with clip_codec: vp8); complete once the event has ended
+  clip.mp4     pre-roll (`preroll_seconds`) to the end, at most `max_clip_seconds`, the flagged patches boxed:
+  clip.webm    H.264 in MP4 where this OpenCV build writes it, else VP8 in WebM (opencv-python-headless has
+               no H.264 encoder; its VP9, in MP4 with clip_codec: vp9, costs about five times VP8's CPU);
+               complete once the event has ended
 
 The alerter's event path only queues: `frame` (every scored frame) and `event`
 (every event, which gets its `snapshot` path here, and at the end its `video`:
@@ -55,7 +57,8 @@ from .snapshots import (
 log = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = "snapshots"
-CLIP_CODECS = {"h264": ("avc1", ".mp4"), "vp9": ("vp09", ".mp4"), "vp8": ("VP80", ".webm")}  # in `auto` order
+# (fourcc, file suffix), in `auto` order: cheapest to encode first, each plays in current browsers.
+CLIP_CODECS = {"h264": ("avc1", ".mp4"), "vp8": ("VP80", ".webm"), "vp9": ("vp09", ".mp4")}
 MAX_FPS = 60  # bounds the pre-roll frames held per camera
 PREVIEW_WAIT_SECONDS = 1.0  # for a preview that may still come (its scores overtook it)
 MAX_BACKLOG_FRAMES = 2000  # frames waiting for the media worker, and for the clip encoder, before new ones drop

@@ -44,11 +44,11 @@ READER_WAIT_SECONDS = 10.0
 
 
 def publisher_socket(ctx: zmq.Context, endpoint: str, cfg: PipelineConfig, curve) -> zmq.Socket:
-    """Capture's publishing socket: a deeper queue than the stage links, and nothing kept at exit.
+    """Capture's publishing socket: a deeper queue than the stage links, little kept at exit.
 
     XPUB rather than PUB: it tells when a reader subscribes (`PreviewPublisher.wait_for_reader`).
     """
-    messaging = dataclasses.replace(cfg.messaging, high_water_mark=PUBLISH_HIGH_WATER_MARK, linger_seconds=0)
+    messaging = dataclasses.replace(cfg.messaging, high_water_mark=PUBLISH_HIGH_WATER_MARK, linger_seconds=0.5)
     return make_socket(ctx, zmq.XPUB, endpoint, bind=True, messaging=messaging, curve=curve)
 
 
@@ -80,9 +80,16 @@ class PreviewPublisher:
         self._drain()
         jpeg = encode_jpeg(downscale(image, self.max_width), self.quality)
         parts = messages.encode({**header, "kind": "preview", "fps": float(self.fps)}, {"jpeg": jpeg})
+        self._send(parts)
+
+    def end(self, header: dict) -> None:
+        """The stream is over (`header`: camera, stream, seq, reason): the reader expects capture to go."""
+        self._send(messages.encode({**header, "kind": "end", "t_capture": time.time()}))
+
+    def _send(self, parts: list) -> None:
         try:
             self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # PUB drops rather than blocks; this is only belt and braces
+        except zmq.Again:  # XPUB drops rather than blocks; this is only belt and braces
             pass
 
 
@@ -250,6 +257,8 @@ class PreviewReader:
             inbox.close()
 
     def _accept(self, message: messages.Message) -> None:
+        if message.kind == "end":  # capture is going: its connection closing is no fault
+            return
         if message.kind != "preview":
             raise MessageError("unexpected_kind", f"{message.kind} message on the preview input")
         if message.camera not in self.cameras:

@@ -57,6 +57,7 @@ class Retention:
         self.event_log = Path(event_log)
         self.cfg = cfg
         self.clock = clock
+        self._sizes: dict[str, tuple[int, int, float]] = {}  # folder -> (its mtime_ns, bytes, newest file mtime)
 
     def prune(self) -> Pruned:
         now = self.clock()
@@ -96,20 +97,29 @@ class Retention:
         return result
 
     def _folders(self) -> dict[str, tuple[int, float]]:
-        """(bytes, last modified) of each event media folder."""
-        found = {}
-        if not self.root.is_dir():
-            return found
-        for entry in os.scandir(self.root):
-            if not EVENT_ID.match(entry.name) or not entry.is_dir(follow_symlinks=False):
-                continue
-            size, modified = 0, entry.stat(follow_symlinks=False).st_mtime
-            for item in os.scandir(entry.path):
-                if item.is_file(follow_symlinks=False):
-                    stat = item.stat(follow_symlinks=False)
-                    size, modified = size + stat.st_size, max(modified, stat.st_mtime)
-            found[entry.name] = (size, modified)
-        return found
+        """(bytes, last modified) of each event media folder.
+
+        A folder's files are summed again only when the folder changed: media files are
+        written under a temporary name and renamed into place, which changes the folder
+        (a clip still being written counts once it is complete).
+        """
+        sizes = {}
+        if self.root.is_dir():
+            for entry in os.scandir(self.root):
+                if not EVENT_ID.match(entry.name) or not entry.is_dir(follow_symlinks=False):
+                    continue
+                stat = entry.stat(follow_symlinks=False)
+                known = self._sizes.get(entry.name)
+                if known is None or known[0] != stat.st_mtime_ns:
+                    size, modified = 0, stat.st_mtime
+                    for item in os.scandir(entry.path):
+                        if item.is_file(follow_symlinks=False):
+                            file = item.stat(follow_symlinks=False)
+                            size, modified = size + file.st_size, max(modified, file.st_mtime)
+                    known = (stat.st_mtime_ns, size, modified)
+                sizes[entry.name] = known
+        self._sizes = sizes
+        return {name: (size, modified) for name, (_, size, modified) in sizes.items()}
 
     def _events(self) -> tuple[set[str], list[tuple[str, float]]]:
         """Every event id in the log, and (id, time of its last row) of the ended ones, oldest first."""

@@ -18,9 +18,9 @@ class MediaConfig:
 
     enabled: bool = True  # snapshots and score traces; capture then publishes a small JPEG of each frame
     clips: bool = True  # a video from `preroll_seconds` before the start to the end (needs `enabled`)
-    # auto: H.264 in MP4 where the OpenCV build can write it, else VP9 in MP4 (what opencv-python-headless has);
-    # vp8 writes WebM, several times cheaper to encode than VP9. Every choice plays in current browsers.
-    clip_codec: Literal["auto", "h264", "vp9", "vp8"] = "auto"
+    # auto: H.264 in MP4 where the OpenCV build writes it, else VP8 in WebM (opencv-python-headless has no
+    # H.264); vp9 writes MP4 at about five times VP8's CPU. Every choice plays in current browsers.
+    clip_codec: Literal["auto", "h264", "vp8", "vp9"] = "auto"
     max_width: int = 640  # frames are downscaled to this width (pixels) before they leave capture
     jpeg_quality: int = 85
     preroll_seconds: float = 2.0
