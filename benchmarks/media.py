@@ -30,7 +30,7 @@ import numpy as np
 from streamer import ped2
 from streamer.patches import PatchExtractor, PatchSpec
 from streamer.pipeline.events import EventLog, top_boxes
-from streamer.pipeline.media import CLIP_CODECS, can_write
+from streamer.pipeline.media import CLIP_CODECS, can_write, open_writer
 from streamer.pipeline.preview import decode_preview, downscale, encode_jpeg
 from streamer.pipeline.retention import Retention
 from streamer.pipeline.review_config import MediaConfig, RetentionConfig
@@ -87,7 +87,7 @@ def clip_rows(frames: list[np.ndarray], folder: Path, fps: float = 10.0) -> list
     rows = []
     for width in (360, 640):
         previews = [encode_jpeg(cv2.resize(f, (width, width * 2 // 3)), CONFIG.jpeg_quality).tobytes() for f in frames]
-        for codec, (fourcc, suffix) in CLIP_CODECS.items():
+        for codec, (_, suffix) in CLIP_CODECS.items():
             if not can_write(codec):
                 rows.append((f"alerter: clip frame {width} px wide, {codec}", "not written by this OpenCV build", ""))
                 continue
@@ -101,7 +101,7 @@ def clip_rows(frames: list[np.ndarray], folder: Path, fps: float = 10.0) -> list
                     image = with_caption(image, "cam  time  score", at_top=False)
                     if writer is None:
                         size = (image.shape[1], image.shape[0])
-                        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+                        writer = open_writer(path, codec, fps, size)
                     writer.write(image)
                 writer.release()
 

@@ -15,8 +15,9 @@ the clip's path; `clip` already names the recording a frame came from).
 A worker thread keeps each camera's recent frames, follows open events, and
 renders snapshots from the scored frame's preview (`preview.PreviewRing`); a
 second thread encodes clips. Both run at a lower CPU priority than the event
-path, and both queues are bounded: past MAX_BACKLOG_FRAMES waiting frames (the
-writer far behind) frames are dropped and counted, events never are.
+path, and both queues are bounded (MAX_BACKLOG_FRAMES, MAX_CLIP_BACKLOG): when
+a writer falls that far behind, new frames are dropped and counted
+(vad_media_dropped_total{reason="backlog"}); events never are.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ SNAPSHOT_DIR = "snapshots"
 CLIP_CODECS = {"h264": ("avc1", ".mp4"), "vp8": ("VP80", ".webm"), "vp9": ("vp09", ".mp4")}
 MAX_FPS = 60  # bounds the pre-roll frames held per camera
 PREVIEW_WAIT_SECONDS = 1.0  # for a preview that may still come (its scores overtook it)
-MAX_BACKLOG_FRAMES = 2000  # frames waiting for the media worker, and for the clip encoder, before new ones drop
+MAX_BACKLOG_FRAMES = 2000  # frames waiting for the media worker (a few kB each) before new ones drop
+MAX_CLIP_BACKLOG = 600  # previews waiting for the clip encoder (12-40 kB each) before new ones drop
 MAX_TRACE_FRAMES = 36000  # score trace points per event (an hour at 10 fps)
 STOP_SECONDS = 5.0  # at a stop request: time left to finish media before what remains is dropped
 FINISH_SECONDS = 120.0  # at the end of every stream (exit_at_end): time to write everything
@@ -88,12 +90,40 @@ def _quiet_opencv():
             os.environ["OPENCV_FFMPEG_LOGLEVEL"] = previous_env
 
 
+@contextlib.contextmanager
+def _stderr_muted():
+    """OpenCV prints "tag ... is not supported" straight to stderr (fd 2) each time it opens a WebM writer
+    (WebM has no codec tags; the writer works). Muted for the call, with the logging handlers held so that
+    no other thread's log line goes missing meanwhile."""
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.acquire()
+    try:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    finally:
+        for handler in reversed(handlers):
+            handler.release()
+
+
+def open_writer(path: Path, codec: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    fourcc, suffix = CLIP_CODECS[codec]
+    with _stderr_muted() if suffix == ".webm" else contextlib.nullcontext():
+        return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+
+
 @functools.lru_cache(maxsize=None)
 def can_write(codec: str) -> bool:
     """Whether this OpenCV build writes clips in `codec` (a CLIP_CODECS key)."""
-    fourcc, suffix = CLIP_CODECS[codec]
     with tempfile.TemporaryDirectory(prefix="vad-codec-") as folder, _quiet_opencv():
-        writer = cv2.VideoWriter(str(Path(folder) / f"probe{suffix}"), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 64))
+        writer = open_writer(Path(folder) / f"probe{CLIP_CODECS[codec][1]}", codec, 10, (64, 64))
         opened = writer.isOpened()
         writer.release()
     return opened
@@ -218,9 +248,9 @@ class ClipEncoder:
 
     def __init__(self, codec: str, quality: int):
         self.codec = codec
-        self.fourcc, self.suffix = CLIP_CODECS[codec]
+        self.suffix = CLIP_CODECS[codec][1]
         self.quality = quality
-        self.queue = _Queue(MAX_BACKLOG_FRAMES)
+        self.queue = _Queue(MAX_CLIP_BACKLOG)
         self.abandon = False  # past the stop deadline: skip frames, still close files
         self.errors = 0
         self.thread = threading.Thread(target=self._run, name="clips", daemon=True)
@@ -270,7 +300,7 @@ class ClipEncoder:
         if job.writer is None:
             job.size = (image.shape[1] // 2 * 2, image.shape[0] // 2 * 2)  # 4:2:0 video needs even sides
             size = (job.size[0], job.size[1] + caption_height(job.size[0]))
-            job.writer = cv2.VideoWriter(str(self._partial(job)), cv2.VideoWriter_fourcc(*self.fourcc), job.fps, size)
+            job.writer = open_writer(self._partial(job), self.codec, job.fps, size)
             if not job.writer.isOpened():
                 raise OSError(f"cannot open a {self.codec} writer for {job.path}")
         if (image.shape[1], image.shape[0]) != job.size:
