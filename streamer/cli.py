@@ -151,14 +151,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
             telemetry.serve(cfg.metrics.host, port)
         except OSError as e:
             raise ConfigError([f"metrics: cannot serve on {cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
-    from .pipeline import alerter, capture, notifier, patcher, scorer
+    from .pipeline import alerter, capture, patcher, scorer
+
+    def notify() -> int:
+        from .pipeline import notifier  # paho and urllib.request: only this stage loads them
+
+        return notifier.run(cfg, stop)
 
     runners = {
         "capture": lambda: capture.run(cfg, args.camera, stop),
         "patcher": lambda: patcher.run(cfg, args.camera, stop),
         "scorer": lambda: scorer.run(cfg, args.index, stop),
         "alerter": lambda: alerter.run(cfg, stop),
-        "notifier": lambda: notifier.run(cfg, stop),
+        "notifier": notify,
     }
     try:
         return runners[args.name]()
@@ -286,10 +291,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_notify, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json)
+    notify = demo_notify(args.mqtt, args.webhook)
+    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="play as fast as the pipeline goes, not at the clip's fps")
     p.add_argument("--metrics-port", type=int, help="first metrics port (default 9100, or free ones if taken)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--mqtt", metavar="HOST[:PORT]", help="also deliver to this MQTT broker (topics vad/#, Home Assistant)"
+    )
+    p.add_argument("--webhook", metavar="URL", help="also POST start and end events to this URL")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")

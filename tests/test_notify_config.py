@@ -119,3 +119,20 @@ def test_unreachable_destinations_are_warnings_not_errors(tmp_path, base, capsys
         base["notify"] = {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook"}]}
         code, _, err = check(write(tmp_path, base), capsys)
     assert code == 0 and "warning" not in err
+
+
+def test_the_demo_flags_make_a_valid_notify_section(tmp_path, base):
+    from streamer.demo import demo_notify
+
+    assert demo_notify(None, None) is None
+    base["notify"] = demo_notify("broker.lan:1884", "https://hooks.example.com/vad")
+    cfg = pipeline_config.load(write(tmp_path, base))
+    assert (cfg.notify.mqtt.host, cfg.notify.mqtt.port, cfg.notify.mqtt.topic_prefix) == (
+        "broker.lan",
+        1884,
+        "vad-demo",
+    )
+    assert cfg.notify.webhooks[0].url == "https://hooks.example.com/vad"
+    base["notify"] = demo_notify("broker.lan:http", None)
+    with pytest.raises(ConfigError, match="notify.mqtt.host: 'broker.lan:http' is not a host name or address"):
+        pipeline_config.load(write(tmp_path, base))
