@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +12,8 @@ from streamer.cli import main
 from streamer.config import ConfigError
 from streamer.pipeline import config as pipeline_config
 from streamer.pipeline.config import StageRef, stage_refs
+
+from .conftest import REPO
 
 
 @pytest.fixture
@@ -136,3 +139,10 @@ def test_the_demo_flags_make_a_valid_notify_section(tmp_path, base):
     base["notify"] = demo_notify("broker.lan:http", None)
     with pytest.raises(ConfigError, match="notify.mqtt.host: 'broker.lan:http' is not a host name or address"):
         pipeline_config.load(write(tmp_path, base))
+
+
+def test_the_shipped_alerts_example_is_a_valid_config(monkeypatch):
+    monkeypatch.setenv("VAD_WEBHOOK_SECRET", "change-me")
+    cfg = pipeline_config.load(REPO / "configs" / "alerts.yaml")
+    assert [d.name for d in cfg.notify.destinations][0] == "mqtt" and cfg.notify.webhooks[0].secret == "change-me"
+    assert Path(cfg.cameras[0].source).is_file() or (REPO / cfg.cameras[0].source).is_file()

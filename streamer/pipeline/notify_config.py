@@ -79,7 +79,7 @@ class MqttConfig:
             if not TOPIC_PREFIX.match(getattr(self, name)):
                 problems.append(f"{name}: {getattr(self, name)!r} must be a topic without '+', '#' or an outer '/'")
         self.client_id = self.client_id or f"{self.topic_prefix.replace('/', '-')}-notifier"
-        if self.password is not None and not self.username:
+        if self.password and not self.username:
             problems.append("password: set username too")
         if self.keepalive_seconds < 5 or self.timeout_seconds <= 0 or self.score_interval_seconds < 0:
             problems.append("keepalive_seconds must be >= 5, timeout_seconds > 0 and score_interval_seconds >= 0")
