@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -37,20 +38,26 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 class Broker:
-    """Mosquitto on 127.0.0.1:port; `stop()` and `start()` again on the same port."""
+    """Mosquitto on 127.0.0.1:port; `stop()` and `start()` again on the same port.
 
-    def __init__(self, folder: Path):
+    `listener` replaces the anonymous one's settings (authentication, TLS).
+    """
+
+    def __init__(self, folder: Path, listener: str = "allow_anonymous true\n"):
         self.folder = folder
         self.port = free_port_base(1)
         self.config = folder / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {folder}/\n"
-            "max_queued_messages 100000\n"
-            f"log_dest file {folder}/mosquitto.log\n"
-        )
+        settings = [
+            # Started as root, mosquitto would switch to its own user, which cannot read the test's folder.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            f"listener {self.port} 127.0.0.1",
+            listener.strip(),
+            "persistence true",
+            f"persistence_location {folder}/",
+            "max_queued_messages 100000",
+            f"log_dest file {folder}/mosquitto.log",
+        ]
+        self.config.write_text("\n".join(settings) + "\n")
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:

@@ -20,8 +20,11 @@ import hmac
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
+import uuid
 from collections import defaultdict
 
 import pytest
@@ -30,8 +33,10 @@ from streamer.demo import SAMPLE_CLIP
 from streamer.model import BUNDLED_MODEL
 from streamer.pipeline import config as pipeline_config
 from streamer.pipeline.config import StageRef, metrics_port
-from streamer.pipeline.delivery import idempotency_key
+from streamer.pipeline.delivery import DeliveryError, idempotency_key
 from streamer.pipeline.events import read_events
+from streamer.pipeline.mqtt import MqttDestination
+from streamer.pipeline.notify_config import MqttConfig, MqttTlsConfig
 from streamer.pipeline.webhooks import signature
 
 from .notify_helpers import MOSQUITTO, Broker, Receiver, Subscriber, wait_until
@@ -181,6 +186,65 @@ def test_the_home_assistant_discovery_payloads_have_the_documented_fields(demo_r
             assert published and [float(value) for value in published]  # numbers, as a sensor needs
     devices = {json.dumps(c["device"], sort_keys=True) for c in configs.values()}
     assert len(devices) == 2  # one device per camera, shared by its two entities
+
+
+# A broker that wants a password, and one that speaks TLS only.
+
+
+def attempt(cfg: MqttConfig) -> str | None:
+    """Deliver one event; None once the broker acknowledged it, else why not."""
+    destination = MqttDestination(cfg, ["cam1"])
+    event = {"event_id": uuid.uuid4().hex, "camera": "cam1", "type": "start", "seq": 1}
+    try:
+        destination.deliver([event])
+    except DeliveryError as e:
+        return str(e)
+    finally:
+        destination.close()
+    return None
+
+
+def test_the_broker_password_is_used_and_a_refusal_says_why(tmp_path):
+    passwords = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "vad", "right"], check=True, capture_output=True)
+    passwords.chmod(0o600)
+    broker = Broker(tmp_path, f"allow_anonymous false\npassword_file {passwords}\n")
+    broker.start()
+    try:
+        wrong = attempt(
+            MqttConfig(host="127.0.0.1", port=broker.port, username="vad", password="wrong", timeout_seconds=5)
+        )
+        assert wrong == f"broker 127.0.0.1:{broker.port} did not accept the connection: Not authorized"
+        assert attempt(MqttConfig(host="127.0.0.1", port=broker.port, username="vad", password="right")) is None
+    finally:
+        broker.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed: no certificates for a TLS broker")
+def test_tls_to_the_broker_checks_its_certificate(tmp_path):
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=vad test CA")  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=broker"
+    )
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "1", "-extfile", "san.cnf")  # fmt: skip
+    files = {"cafile": "ca.pem", "certfile": "server.pem", "keyfile": "server.key"}
+    broker = Broker(tmp_path, "allow_anonymous true\n" + "".join(f"{k} {tmp_path / v}\n" for k, v in files.items()))
+    broker.start()
+    try:
+        trusted = MqttTlsConfig(enabled=True, ca_file=str(tmp_path / "ca.pem"))
+        assert attempt(MqttConfig(host="127.0.0.1", port=broker.port, tls=trusted)) is None
+        untrusted = attempt(MqttConfig(host="127.0.0.1", port=broker.port, tls=MqttTlsConfig(enabled=True)))
+        assert untrusted and "CERTIFICATE_VERIFY_FAILED" in untrusted  # the system's CAs do not know this one
+        plain = attempt(MqttConfig(host="127.0.0.1", port=broker.port, timeout_seconds=2))
+        assert plain and "did not accept the connection" in plain
+    finally:
+        broker.stop()
 
 
 # (b)-(d): a daemon whose events keep firing, with faults injected.

@@ -118,9 +118,11 @@ class Courier:
                 try:
                     if not self._step():
                         break
-                except EventLogError as e:  # the next step tries again
+                except EventLogError as e:
                     log.error("notifier: %s: %s", self.label, e)
-                    self.wake.wait(self.backoff.max_seconds)
+                    if self.finish_by is not None:
+                        break
+                    self.wake.wait(self.backoff.max_seconds)  # then the next step tries again
         except Exception as e:
             log.exception("notifier: %s stopped on an unexpected error", self.label)
             self.error = e
