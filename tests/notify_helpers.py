@@ -24,17 +24,9 @@ import paho.mqtt.client as paho
 
 from streamer.pipeline.config import free_port_base
 
+from .pipeline_helpers import wait_for
+
 MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin")
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Broker:
@@ -62,7 +54,7 @@ class Broker:
 
     def start(self) -> None:
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stderr=subprocess.DEVNULL)
-        wait_until(self._answers, 10, "mosquitto to listen")
+        wait_for(self._answers, 10, "mosquitto to listen")
 
     def _answers(self) -> bool:
         client = paho.Client(paho.CallbackAPIVersion.VERSION2)

@@ -39,8 +39,8 @@ from streamer.pipeline.mqtt import MqttDestination
 from streamer.pipeline.notify_config import MqttConfig, MqttTlsConfig
 from streamer.pipeline.webhooks import signature
 
-from .notify_helpers import MOSQUITTO, Broker, Receiver, Subscriber, wait_until
-from .pipeline_helpers import running, sample, short_dir, stages_of, try_scrape, write_config
+from .notify_helpers import MOSQUITTO, Broker, Receiver, Subscriber
+from .pipeline_helpers import running, sample, short_dir, stages_of, try_scrape, wait_for, write_config
 
 pytestmark = pytest.mark.skipif(
     MOSQUITTO is None, reason="mosquitto not installed (Debian: apt-get install mosquitto; .ci/run does)"
@@ -101,9 +101,9 @@ def demo_run():
             with running("run", "--config", str(config), log=run_dir / "log") as (process, _):
                 assert process.wait(180) == 0, (run_dir / "log").read_text()[-3000:]
             seconds = time.monotonic() - started
-            wait_until(lambda: live.on("vad/available")[-1:] == [b"offline"], 10, "the notifier's offline")
+            wait_for(lambda: live.on("vad/available")[-1:] == [b"offline"], 10, "the notifier's offline")
             late = Subscriber(broker.port, ["vad/#", "homeassistant/#"], client_id="late")  # what a restart sees
-            wait_until(lambda: len({t for t, _, _ in late.messages}) >= 7, 10, "the retained messages")
+            wait_for(lambda: len({t for t, _, _ in late.messages}) >= 7, 10, "the retained messages")
             time.sleep(0.5)  # 4 discovery configs, 2 anomaly states, the availability: no more should come
             yield {
                 "logged": read_events(cfg.alerter.event_log),
@@ -277,7 +277,7 @@ def daemon(tiny_model, synthetic_ped2):
         cfg = pipeline_config.load(config)
         try:
             with running("run", "--config", str(config), log=run_dir / "log") as (process, _):
-                wait_until(lambda: subscriber.events(), 60, "a first event at the subscriber")
+                wait_for(lambda: subscriber.events(), 60, "a first event at the subscriber")
                 yield {
                     "cfg": cfg,
                     "process": process,
@@ -297,23 +297,23 @@ def logged(daemon) -> list[dict]:
 
 
 def notifier_metric(daemon, name: str, **labels) -> float:
-    families = wait_until(lambda: try_scrape(daemon["port"]), 10, "the notifier's metrics")
+    families = wait_for(lambda: try_scrape(daemon["port"]), 10, "the notifier's metrics")
     return sample(families, name, **labels) or 0.0
 
 
 def wait_for_events_after(daemon, count: int, since: int, at_least: float) -> None:
     """Wait `at_least` seconds, and until `count` more events than `since` are in the log."""
     time.sleep(at_least)
-    wait_until(lambda: len(logged(daemon)) >= since + count, 60, f"{count} events to fire")
+    wait_for(lambda: len(logged(daemon)) >= since + count, 60, f"{count} events to fire")
 
 
 def everything_arrives(daemon) -> list[dict]:
     """Every event logged so far reaches the subscriber and the webhook, in order; returns them."""
     events = logged(daemon)
-    wait_until(
+    wait_for(
         lambda: set(by_camera(events)["cam1"]) <= set(by_camera(daemon["subscriber"].events())["cam1"]), 60, "MQTT"
     )
-    wait_until(
+    wait_for(
         lambda: set(by_camera(events)["cam1"]) <= set(by_camera(daemon["receiver"].events())["cam1"]), 60, "webhook"
     )
     assert_all_delivered_in_order(events, daemon["subscriber"].events())
@@ -371,12 +371,12 @@ def test_a_notifier_killed_mid_delivery_loses_nothing_and_repeats_with_the_same_
     receiver, process = daemon["receiver"], daemon["process"]
     receiver.held.clear()
     receiver.hold_seconds = 3.0
-    wait_until(receiver.held.is_set, 60, "a request to hold")
+    wait_for(receiver.held.is_set, 60, "a request to hold")
     headers, body, _ = receiver.requests[-1]
     notifier = stages_of(process.pid)["notifier"]
     os.kill(notifier, signal.SIGKILL)  # while the endpoint has the request and has not answered
     receiver.hold_seconds = 0.0
-    wait_until(lambda: stages_of(process.pid).get("notifier", notifier) != notifier, 30, "the notifier restarted")
+    wait_for(lambda: stages_of(process.pid).get("notifier", notifier) != notifier, 30, "the notifier restarted")
     everything_arrives(daemon)
     copies = [(h, b) for h, b, _ in receiver.requests if h["Idempotency-Key"] == headers["Idempotency-Key"]]
     assert len(copies) >= 2 and all(b == body for _, b in copies)  # a duplicate, identical, same key

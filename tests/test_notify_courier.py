@@ -16,7 +16,7 @@ from streamer.pipeline.delivery import DeliveryError
 from streamer.pipeline.events import EventLog
 from streamer.pipeline.notifier import Courier
 
-from .notify_helpers import wait_until
+from .pipeline_helpers import wait_for
 
 
 class Memory:
@@ -71,7 +71,7 @@ def courier_for(destination, tmp_path, max_queue=1000, max_age=3600.0) -> Courie
 def run_until(courier: Courier, predicate, what: str) -> None:
     courier.start()
     try:
-        wait_until(predicate, 10, what)
+        wait_for(predicate, 10, what)
     finally:
         courier.finish(time.monotonic() + 1)
         courier.thread.join(5)
@@ -113,11 +113,11 @@ def test_a_failing_destination_is_retried_until_it_takes_every_event_in_order(tm
     courier = courier_for(destination, tmp_path)
     courier.start()
     try:
-        wait_until(lambda: destination.attempts >= 5, 10, "five attempts")
+        wait_for(lambda: destination.attempts >= 5, 10, "five attempts")
         assert metric("vad_notify_failed_total", "flaky") >= 4
         assert metric("vad_notify_lag_events", "flaky") > 0
         destination.failing = None
-        wait_until(lambda: len(destination.received) >= 10, 10, "every event")
+        wait_for(lambda: len(destination.received) >= 10, 10, "every event")
     finally:
         courier.finish(time.monotonic() + 1)
         courier.thread.join(5)
@@ -134,14 +134,14 @@ def test_what_waits_beyond_max_queue_or_max_age_is_dropped_counted_and_logged(tm
     courier = courier_for(destination, tmp_path, max_queue=5, max_age=2.0)
     courier.start()
     try:
-        wait_until(lambda: destination.attempts >= 1, 10, "a first attempt")
+        wait_for(lambda: destination.attempts >= 1, 10, "a first attempt")
         events = [log_event(log, event(camera=f"cam{k % 2}", seq=k)) for k in range(8)]
-        wait_until(lambda: metric("vad_notify_dropped_total", "bounded", reason="queue") == 3, 10, "3 over the queue")
+        wait_for(lambda: metric("vad_notify_dropped_total", "bounded", reason="queue") == 3, 10, "3 over the queue")
         assert [e["seq"] for e in destination.synced[-1]] == [1, 2]  # each camera's state as of the cursor
-        wait_until(lambda: metric("vad_notify_dropped_total", "bounded", reason="age") == 5, 10, "5 too old")
+        wait_for(lambda: metric("vad_notify_dropped_total", "bounded", reason="age") == 5, 10, "5 too old")
         destination.failing = None
         late = log_event(log, event(seq=8))
-        wait_until(lambda: destination.received, 10, "the next event")
+        wait_for(lambda: destination.received, 10, "the next event")
     finally:
         courier.finish(time.monotonic() + 1)
         courier.thread.join(5)
