@@ -140,7 +140,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg.camera(args.camera)
     ref = pipeline_config.StageRef(args.name, args.camera if args.name in ("capture", "patcher") else None, args.index)
     if ref not in pipeline_config.stage_refs(cfg):
-        raise ConfigError([f"{ref.label} is not a stage of this config (scorer --index must be < scorer.processes)"])
+        why = "scorer --index must be < scorer.processes; the notifier needs a notify section"
+        raise ConfigError([f"{ref.label} is not a stage of this config ({why})"])
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
     stop = stop_on_signals()
@@ -152,11 +153,17 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise ConfigError([f"metrics: cannot serve on {cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
     from .pipeline import alerter, capture, patcher, scorer
 
+    def notify() -> int:
+        from .pipeline import notifier  # paho and urllib.request: only this stage loads them
+
+        return notifier.run(cfg, stop)
+
     runners = {
         "capture": lambda: capture.run(cfg, args.camera, stop),
         "patcher": lambda: patcher.run(cfg, args.camera, stop),
         "scorer": lambda: scorer.run(cfg, args.index, stop),
         "alerter": lambda: alerter.run(cfg, stop),
+        "notifier": notify,
     }
     try:
         return runners[args.name]()
@@ -179,14 +186,20 @@ def checked_config(path: str):
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     from .pipeline.config import stage_refs
+    from .pipeline.notify_config import unreachable
 
     cfg = checked_config(args.file)
     security = "CURVE on" if cfg.security.curve.enabled else "CURVE off"
     reach = "remote endpoints allowed" if cfg.security.allow_remote else "loopback and ipc only"
+    notify = ""
+    if cfg.notify:
+        notify = "; notify " + ", ".join(f"{d.name} ({d.address})" for d in cfg.notify.destinations)
     print(
         f"{args.file}: valid: {len(cfg.cameras)} camera(s), {len(stage_refs(cfg))} stage processes, "
-        f"{reach}, {security}; event log {cfg.alerter.event_log}"
+        f"{reach}, {security}; event log {cfg.alerter.event_log}{notify}"
     )
+    for warning in unreachable(cfg.notify):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -278,10 +291,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_notify, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, ui=not args.no_ui)
+    notify = demo_notify(args.mqtt, args.webhook)
+    return run_demo(
+        args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify, ui=not args.no_ui
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -355,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="first metrics port (default 9100, or free ones if taken)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.add_argument(
+        "--mqtt", metavar="HOST[:PORT]", help="also deliver to this MQTT broker (topics vad/#, Home Assistant)"
+    )
+    p.add_argument("--webhook", metavar="URL", help="also POST start and end events to this URL")
+    p.add_argument(
         "--no-ui",
         action="store_true",
         help="no review page (without this, the page is served during the run, and after it until Ctrl-C when "
@@ -375,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one pipeline stage alone (stages may sit on different hosts)")
-    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter"])
+    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter", "notifier"])
     p.add_argument("--config", required=True, help="pipeline YAML, the same file for every stage")
     p.add_argument("--camera", help="capture and patcher: the camera id this process serves")
     p.add_argument("--index", type=int, default=0, help="scorer: its number, 0 .. scorer.processes-1")

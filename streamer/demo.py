@@ -2,7 +2,9 @@
 
 The clip (streamer/samples/ped2_test002.mp4, see ATTRIBUTION.txt there) plays at
 its own 10 fps as a stand-in camera: pedestrians first, then a cyclist. Every
-stage serves /metrics while it runs; a summary follows when the clip ends.
+stage serves /metrics while it runs; a summary follows when the clip ends. With
+--mqtt or --webhook the notifier stage delivers the events there too (camera
+`demo` in Home Assistant, through MQTT discovery).
 
 The review page (events with their snapshots and clips) is served from the
 start; after the summary it stays up until Ctrl-C when the output is a terminal,
@@ -32,8 +34,16 @@ DEFAULT_METRICS_PORT = 9100
 DEFAULT_UI_PORT = 8080
 
 
-def demo_config(run_dir: Path, model: Path, clip: Path, pace: bool, metrics_port: int, ui_port: int = 8080) -> dict:
-    return {
+def demo_config(
+    run_dir: Path,
+    model: Path,
+    clip: Path,
+    pace: bool,
+    metrics_port: int,
+    notify: dict | None = None,
+    ui_port: int = DEFAULT_UI_PORT,
+) -> dict:
+    config = {
         "model": str(model),
         "run_dir": str(run_dir),
         # A video file says its own frame rate; an image folder plays at Ped2's 10 fps.
@@ -46,6 +56,22 @@ def demo_config(run_dir: Path, model: Path, clip: Path, pace: bool, metrics_port
         "metrics": {"base_port": metrics_port},
         "ui": {"port": ui_port},
     }
+    return {**config, "notify": notify} if notify else config
+
+
+def demo_notify(mqtt: str | None, webhook: str | None) -> dict | None:
+    """A notify section for `--mqtt HOST[:PORT]` and `--webhook URL` (start and end events).
+
+    MQTT topics go under `vad-demo/`, apart from a daemon's `vad/` on the same broker.
+    """
+    notify = {}
+    if mqtt:
+        host, _, port = mqtt.partition(":")
+        notify["mqtt"] = {"host": host, "port": int(port)} if port.isdigit() else {"host": mqtt}
+        notify["mqtt"]["topic_prefix"] = "vad-demo"
+    if webhook:
+        notify["webhooks"] = [{"url": webhook}]
+    return notify or None
 
 
 def describe(event: dict) -> str:
@@ -67,15 +93,17 @@ def run_demo(
     metrics_port: int | None = None,
     as_json: bool = False,
     log_level: str = "warning",
+    notify: dict | None = None,
     ui: bool = True,
 ) -> int:
     model_path = Path(model) if model else BUNDLED_MODEL
     clip_path = Path(clip) if clip else SAMPLE_CLIP
     run_dir = Path(tempfile.mkdtemp(prefix="vad-demo-"))
-    port = metrics_port or pipeline_config.free_port_base(4, preferred=DEFAULT_METRICS_PORT)
+    ports = 6 if notify else 5  # the stages', then the supervisor's
+    port = metrics_port or pipeline_config.free_port_base(ports, preferred=DEFAULT_METRICS_PORT)
     config_path = run_dir / "demo.yaml"
     ui_port = pipeline_config.free_port_base(1, preferred=DEFAULT_UI_PORT) if ui else DEFAULT_UI_PORT
-    config_path.write_text(yaml.safe_dump(demo_config(run_dir, model_path, clip_path, pace, port, ui_port)))
+    config_path.write_text(yaml.safe_dump(demo_config(run_dir, model_path, clip_path, pace, port, notify, ui_port)))
     cfg = pipeline_config.load(config_path)
     preflight(cfg)
     page = None
@@ -90,6 +118,9 @@ def run_demo(
     print(f"  model    {model_path}")
     print(f"  metrics  http://127.0.0.1:{first}/metrics .. :{last}/metrics ({', '.join(r.label for r in refs)})")
     print(f"  events   vad alerts --endpoint {cfg.alerter.events_endpoint}   (JSON lines, from another terminal)")
+    if cfg.notify:
+        where = ", ".join(f"{d.name} {d.address}" for d in cfg.notify.destinations)
+        print(f"  notify   {where} (see docs/alerts.md)")
     if page is not None:
         print(f"  review   {page.site.url}   (events with snapshots and clips, in a browser)")
     speed = "at the clip's own frame rate, like a camera" if pace else "as fast as the pipeline goes"

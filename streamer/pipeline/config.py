@@ -25,6 +25,7 @@ from ..model import BUNDLED_MODEL, ModelCard
 from ..scoring import ScoringSettings
 from . import security
 from .messages import CAMERA_ID
+from .notify_config import NotifyConfig, cross_check
 from .review_config import MediaConfig, RetentionConfig, UiConfig, review_problems
 
 IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
@@ -215,6 +216,7 @@ class PipelineConfig:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    notify: NotifyConfig | None = None  # MQTT and webhooks, delivered from the event log by the notifier stage
 
     def __post_init__(self):
         if not self.cameras:
@@ -236,6 +238,7 @@ class PipelineConfig:
         problems = [
             f"{where}: {problem}" for where, endpoint in self.endpoints() if (problem := endpoint_problem(endpoint))
         ]
+        problems += cross_check(self.notify, ids)
         if self.metrics.enabled and self.metrics.base_port + len(stage_refs(self)) > 65535:
             problems.append(f"metrics.base_port: {self.metrics.base_port} leaves too few ports for every process")
         if not self.security.allow_remote:
@@ -312,7 +315,7 @@ def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
     """Every stage process of a config, in start order; metrics ports follow this order."""
     refs = [StageRef(name, camera.id) for camera in cfg.cameras for name in ("capture", "patcher")]
     refs += [StageRef("scorer", index=k) for k in range(cfg.scorer.processes)]
-    return refs + [StageRef("alerter")]
+    return refs + [StageRef("alerter")] + [StageRef("notifier")] * (cfg.notify is not None)
 
 
 def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:
