@@ -166,16 +166,21 @@ def recorded_sources(camera: CameraConfig) -> list[tuple[str, VideoSource | Fold
     return [(clip.name, FolderSource(clip.path)) for clip in clips]
 
 
+def playback_fps(camera: CameraConfig, sources: list) -> float:
+    """The rate recorded sources play at: `fps`, else the file's own, else Ped2's; SourceError if pacing lacks one."""
+    fps = camera.fps or getattr(sources[0][1], "fps", 0) or (PED2_FPS if camera.source_kind == "ped2" else 0)
+    if camera.pace and not fps:
+        raise SourceError(f"camera {camera.id}: pace: true needs fps (the source does not say its frame rate)")
+    return fps
+
+
 def recorded_frames(camera: CameraConfig, stop: threading.Event) -> Iterator[Captured]:
     """Frames of recorded sources in order, paced to `fps` if asked, looping if asked.
 
     The sources open now, so a missing file is an error at start rather than later.
     """
     sources = recorded_sources(camera)
-    fps = camera.fps or getattr(sources[0][1], "fps", 0) or (PED2_FPS if camera.source_kind == "ped2" else 0)
-    if camera.pace and not fps:
-        raise SourceError(f"camera {camera.id}: pace: true needs fps (the source does not say its frame rate)")
-    return _play(camera, sources, fps, stop)
+    return _play(camera, sources, playback_fps(camera, sources), stop)
 
 
 def _play(camera: CameraConfig, sources: list, fps: float, stop: threading.Event) -> Iterator[Captured]:

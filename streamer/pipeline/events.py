@@ -164,15 +164,6 @@ class EventLog:
         except sqlite3.Error as e:
             raise EventLogError(f"cannot read {self.path}: {e}") from None
 
-    def check_writable(self) -> None:
-        """EventLogError unless this process can write the log (a write lock, taken and given back)."""
-        try:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
-        except sqlite3.Error as e:
-            raise EventLogError(f"cannot write to {self.path}: {e}") from None
-
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
