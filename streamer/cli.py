@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
+    skipped = report["frames_skipped"]
+    if skipped and not args.allow_skipped:
+        total = skipped + report["frames_scored"]
+        print(
+            f"vad: error: {skipped} of {total} test frames were not scored (unreadable, see the warnings above): "
+            "the EER and AUC above leave them out. Mend the frames, or pass --allow-skipped to accept the figures",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -296,6 +306,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json)
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -309,15 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="folder for report.json and roc.png")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--smoothing", choices=["none", "mean", "ema"], help="override the card's causal smoothing")
-    p.add_argument("--window", type=int, help="override the smoothing window (frames)")
+    p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
     )
-    p.add_argument("--scorers", type=int, default=1, help="with --pipeline: scorer processes")
+    p.add_argument("--scorers", type=at_least(1), default=1, help="with --pipeline: scorer processes")
+    p.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 even if test frames could not be read (they are left out of the figures)",
+    )
     p.set_defaults(func=cmd_eval_ped2)
 
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
@@ -342,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="k-means initialisation or random draw")
     p.add_argument("--every", type=int, default=1, help="consider every N-th frame only (long recordings)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_select)
 
@@ -404,9 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    if args.func not in (cmd_run, cmd_stage):  # those finish their work on SIGTERM; the rest clean up as on Ctrl-C
+        signal.signal(signal.SIGTERM, interrupt)
     from .model import ModelError
     from .pipeline import PipelineError
     from .sources import SourceError
