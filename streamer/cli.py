@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError
@@ -155,7 +156,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if cfg.metrics.enabled:
         port = pipeline_config.metrics_port(cfg, ref)
         try:
-            telemetry.serve(cfg.metrics.host, port)
+            telemetry.serve(cfg.metrics, port)
         except OSError as e:
             raise ConfigError([f"metrics: cannot serve on {cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
     for warning in checks.warnings(cfg):
@@ -239,19 +240,19 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    import urllib.request
-
+    """The supervisor's view of its stages; with --stage, one stage process (e.g. a scorer on its own host)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from .pipeline import config as pipeline_config
+    from .pipeline import telemetry
 
     cfg = pipeline_config.load(args.config)
-    host = cfg.metrics.host if cfg.metrics.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{pipeline_config.supervisor_metrics_port(cfg)}/metrics"
+    if args.stage:
+        return stage_health(cfg, args)
     try:
-        text = urllib.request.urlopen(url, timeout=args.timeout).read().decode()
+        text = telemetry.fetch(cfg.metrics, pipeline_config.supervisor_metrics_port(cfg), args.timeout)
     except OSError as e:
-        print(f"unhealthy: the supervisor does not answer at {url} ({e})", file=sys.stderr)
+        print(f"unhealthy: the supervisor does not answer at {e}", file=sys.stderr)
         return 1
     for family in text_string_to_metric_families(text):
         if family.name == "vad_stage_up":
@@ -260,11 +261,47 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def stage_health(cfg, args: argparse.Namespace) -> int:
+    """0 while the stage answers and no endpoint it connects to refuses its handshake; 1 otherwise."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .pipeline import config as pipeline_config
+    from .pipeline import telemetry
+
+    ref = pipeline_config.StageRef(
+        args.stage, args.camera if args.stage in ("capture", "patcher") else None, args.index
+    )
+    if ref not in pipeline_config.stage_refs(cfg):
+        raise ConfigError([f"{ref.label} is not a stage of this config (--camera ID for capture and patcher)"])
+    try:
+        text = telemetry.fetch(cfg.metrics, pipeline_config.metrics_port(cfg, ref), args.timeout)
+    except OSError as e:
+        print(f"unhealthy: {ref.label} does not answer at {e}", file=sys.stderr)
+        return 1
+    refused = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vad_links_refused"
+    )
+    if refused:
+        print(
+            f"unhealthy: {ref.label} is up, but {refused:.0f} endpoint(s) it connects to refuse its handshake "
+            "(its log says why)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{ref.label:<24} up")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print the events a pipeline publishes; a refused handshake is reported within seconds and retried."""
     import zmq
 
     from .pipeline import config as pipeline_config
     from .pipeline import security
+    from .pipeline.links import Links
 
     endpoint, curve = args.endpoint, None
     if args.config:
@@ -289,13 +326,26 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             raise ConfigError([f"cannot subscribe to {endpoint!r}: {e}"]) from None
         socket.subscribe(b"event")
         log.info("listening for events on %s", endpoint)
-        received = 0
-        while args.count is None or received < args.count:
-            if not socket.poll(int(args.timeout * 1000) if args.timeout else None):
-                return 1
+        links = Links(socket, "alerts", (endpoint,))
+        try:
+            return print_events(socket, links, args.count, args.timeout)
+        finally:
+            links.close()
+
+
+def print_events(socket, links, count: int | None, timeout: float | None) -> int:
+    """Events as JSON lines until `count` were printed (0) or none came for `timeout` seconds (1)."""
+    received, last = 0, time.monotonic()
+    while count is None or received < count:
+        links.poll()
+        if socket.poll(250):
             _topic, body = socket.recv_multipart()
             print(body.decode(), flush=True)
-            received += 1
+            received, last = received + 1, time.monotonic()
+        elif timeout and time.monotonic() - last > timeout:
+            if links.refused:
+                print(f"vad: error: {links.refused[0]} refused every handshake for {timeout:g} s", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -430,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 if the daemon's supervisor answers; prints each stage's state")
     p.add_argument("--config", required=True, help="the pipeline YAML the daemon runs")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    p.add_argument(
+        "--stage",
+        choices=["capture", "patcher", "scorer", "alerter"],
+        help="ask this stage process instead (run alone with `vad stage`): unhealthy also while its peers refuse it",
+    )
+    p.add_argument("--camera", help="with --stage capture or patcher: the camera id")
+    p.add_argument("--index", type=at_least(0), default=0, help="with --stage scorer: its number")
     p.set_defaults(func=cmd_health)
     return parser
 

@@ -28,6 +28,7 @@ from . import telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
+from .links import Links
 from .messages import Message, MessageError
 from .outbox import Outbox
 from .reorder import Reorder
@@ -193,6 +194,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
         publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        publisher_links = Links(publisher, "alerter")
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
         stop.wait(SUBSCRIBER_GRACE_SECONDS)
@@ -218,6 +220,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         stage_time = telemetry.STAGE_SECONDS.labels("alerter")
         while inbox.open():
+            publisher_links.poll()
             message = inbox.receive()
             if message is not None:
                 started = time.perf_counter()
@@ -233,5 +236,6 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         alerter.shutdown()
         outbox.close()
         inbox.close()
+        publisher_links.close()
         publisher.close()
     return 0

@@ -28,6 +28,7 @@ from ..sources import FolderSource, Frame, SourceError, VideoSource, open_captur
 from . import messages, telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import CameraConfig, PipelineConfig
+from .links import Links
 from .runtime import make_socket, send_blocking
 from .security import curve_for
 
@@ -52,6 +53,7 @@ class FrameSender:
 
     def __init__(self, socket: zmq.Socket, camera: str, stop: threading.Event, cfg: PipelineConfig):
         self.socket = socket
+        self.links = Links(socket, "capture")
         self.camera = camera
         self.stop = stop
         self.linger_seconds = cfg.messaging.linger_seconds
@@ -69,7 +71,8 @@ class FrameSender:
     def _send(self, header: dict, arrays: dict | None = None) -> bool:
         parts = messages.encode({"camera": self.camera, "stream": self.stream, "seq": self.seq, **header}, arrays)
         self.checkpoint.write({"stream": self.stream, "next_seq": self.seq + 1})  # ahead of the send
-        if not send_blocking(self.socket, parts, self.stop, self.linger_seconds):
+        self.links.poll()
+        if not send_blocking(self.socket, parts, self.stop, self.linger_seconds, self.links):
             return False
         self.seq += 1
         return True
@@ -296,5 +299,6 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
             # Exiting now could drop frames still queued for a busy patch stage (ZeroMQ only lingers
             # so long); staying up until stopped keeps a recorded source lossless to the end.
             stop.wait()
+        sender.links.close()
         socket.close()
     return 0

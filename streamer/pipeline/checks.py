@@ -17,13 +17,14 @@ TCP port it listens on in `config.listeners`, what it needs from the machine in
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Callable, Iterable
 
 from ..config import ConfigError, path_problem
 from ..model import ModelCard, ModelError, PatchModel, card_path_for
 from ..sources import SourceError
 from .capture import playback_fps, recorded_sources
-from .config import PipelineConfig, load, stage_refs
+from .config import PipelineConfig, is_loopback_host, load, stage_refs
 
 STAGES = ("capture", "patcher", "scorer", "alerter")
 
@@ -90,17 +91,38 @@ def log_problems(cfg: PipelineConfig) -> list[str]:
     return [f"{where}: {problem}" for where, path in logs if path and (problem := path_problem(path))]
 
 
+def metrics_tls_problems(cfg: PipelineConfig) -> list[str]:
+    """Every process serving metrics over TLS loads its certificate, key and client CA."""
+    tls = cfg.metrics.tls
+    if not cfg.metrics.enabled or tls is None:
+        return []
+    try:
+        tls_server_context(tls)
+    except (OSError, ssl.SSLError) as e:
+        return [f"metrics.tls: cannot load the certificate, key or client_ca ({e})"]
+    return []
+
+
+def tls_server_context(tls) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.certificate, tls.key)
+    if tls.client_ca:
+        context.load_verify_locations(tls.client_ca)
+    return context
+
+
 def supervisor_needs(cfg: PipelineConfig) -> list[str]:
-    """`vad run` creates run_dir and writes the Prometheus targets file."""
+    """`vad run` creates run_dir, writes the Prometheus targets file and serves its own metrics."""
     problem = path_problem(cfg.metrics.targets_file) if cfg.metrics.enabled else None
-    return run_dir_problems(cfg) + ([f"metrics.targets_file: {problem}"] if problem else [])
+    targets = [f"metrics.targets_file: {problem}"] if problem else []
+    return run_dir_problems(cfg) + targets + metrics_tls_problems(cfg)
 
 
 NEEDS: dict[str, list[Callable[[PipelineConfig], list[str]]]] = {
-    "capture": [source_problems, run_dir_problems],
-    "patcher": [run_dir_problems],
-    "scorer": [],
-    "alerter": [log_problems, run_dir_problems],
+    "capture": [source_problems, run_dir_problems, metrics_tls_problems],
+    "patcher": [run_dir_problems, metrics_tls_problems],
+    "scorer": [metrics_tls_problems],
+    "alerter": [log_problems, run_dir_problems, metrics_tls_problems],
 }
 
 
@@ -110,5 +132,12 @@ def warnings(cfg: PipelineConfig) -> list[str]:
     if cfg.security.allow_remote and not cfg.security.curve.enabled:
         found.append(
             "security.allow_remote without security.curve: traffic between hosts is neither encrypted nor checked"
+        )
+    tls = cfg.metrics.tls
+    if cfg.metrics.enabled and not is_loopback_host(cfg.metrics.host) and (tls is None or tls.client_ca is None):
+        how = "over plain HTTP" if tls is None else "encrypted, but to anyone (no metrics.tls.client_ca)"
+        found.append(
+            f"metrics on {cfg.metrics.host} answer other hosts {how}: whoever reaches them reads the model's "
+            "sha256, threshold and counters. Set metrics.tls with client_ca, or keep metrics.host on loopback"
         )
     return found

@@ -151,6 +151,19 @@ class MessagingConfig:
 
 
 @dataclass
+class MetricsTLSConfig:
+    """HTTPS for /metrics; with client_ca, only scrapers presenting a certificate it signed may read (mutual TLS).
+
+    `vad health` trusts the certificate it finds here and, with client_ca, presents it (and its key) as its own
+    client certificate: sign it with client_ca too (deploy/README.md shows how).
+    """
+
+    certificate: str  # PEM: this host's certificate, then any intermediates
+    key: str  # PEM: its private key
+    client_ca: str | None = None  # PEM: the CA that signs scrapers' client certificates
+
+
+@dataclass
 class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -159,6 +172,7 @@ class MetricsConfig:
     # `vad run` writes every process's endpoint here for Prometheus' file_sd_configs;
     # default RUN_DIR/prometheus/targets.json.
     targets_file: str | None = None
+    tls: MetricsTLSConfig | None = None  # needed (with client_ca) to offer metrics beyond loopback safely
 
     def __post_init__(self):
         if not 1 <= self.base_port <= 65000:

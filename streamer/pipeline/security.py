@@ -8,13 +8,15 @@ authenticator); a connecting socket presents the pipeline's key pair and accepts
 only a server holding it. Stages on other hosts therefore share the pipeline's key
 pair; an alert subscriber (`vad alerts`) has its own, listed in authorized_keys.
 
-Key files are plain text (ZeroMQ's certificate format), never pickled. Adding or
-removing a file in authorized_keys takes effect at the next connection, without a
-restart; connections already made stay up until they drop.
+Key files are plain text (ZeroMQ's certificate format), never pickled. Adding,
+removing or overwriting a file in authorized_keys takes effect at the next
+connection, without a restart; connections already made stay up until they drop
+(restarting the binding stage drops them all).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from contextlib import contextmanager
@@ -28,22 +30,26 @@ from zmq.auth.thread import ThreadAuthenticator
 log = logging.getLogger(__name__)
 
 
-def load_key_pair(path: str | os.PathLike) -> tuple[bytes, bytes]:
-    """(public, secret) from a NAME.key_secret file; ValueError if it is not one."""
+def read_key_file(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a key file; ValueError if it is missing, unreadable or not one."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such key file")
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path} is not a key file ({e})") from None
+
+
+def load_key_pair(path: str | os.PathLike) -> tuple[bytes, bytes]:
+    """(public, secret) from a NAME.key_secret file; ValueError if it is not one."""
+    public, secret = read_key_file(path)
     if not secret:
         raise ValueError(f"{path} holds a public key only: give the .key_secret file")
     return public, secret
 
 
 def load_public_key(path: str | os.PathLike) -> bytes:
-    try:
-        return zmq.auth.load_certificate(path)[0]
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a key file ({e})") from None
+    return read_key_file(path)[0]
 
 
 def generate(folder: str | os.PathLike, name: str, authorize: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -66,21 +72,36 @@ def generate(folder: str | os.PathLike, name: str, authorize: str | os.PathLike 
 
 
 class AuthorizedKeys:
-    """The public keys in a folder, read again whenever the folder changes; asked at each CURVE handshake."""
+    """The public keys in a folder, asked at each CURVE handshake.
+
+    The folder's *.key files are read at every handshake and parsed again when
+    their names or contents changed, so adding, deleting or overwriting a file
+    (revoking a key, rotating one) counts from the next connection on. A folder's
+    own mtime would miss an overwrite, and a file's mtime can miss one made within
+    the same clock tick.
+    """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        self._stamp: int | None = None
+        self._digest: bytes | None = None
         self._keys: set[bytes] = set()
         self._refused = 0
 
+    def _contents_digest(self) -> bytes:
+        digest = hashlib.sha256()
+        for path in sorted(self.folder.glob("*.key")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.digest()
+
     def callback(self, domain: str, key: bytes) -> bool:
         try:
-            stamp = self.folder.stat().st_mtime_ns
-            if stamp != self._stamp:
-                self._keys, self._stamp = set(zmq.auth.load_certificates(self.folder)), stamp
+            digest = self._contents_digest()
+            if digest != self._digest:
+                self._keys, self._digest = set(zmq.auth.load_certificates(self.folder)), digest
+                log.info("CURVE: %d authorized keys in %s", len(self._keys), self.folder)
         except (OSError, ValueError) as e:
             log.error("CURVE: cannot read the authorized keys in %s (%s): refusing every client", self.folder, e)
+            self._digest = None
             return False
         if key not in self._keys:
             self._refused += 1

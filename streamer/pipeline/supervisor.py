@@ -163,7 +163,7 @@ class Supervisor:
             return
         port = supervisor_metrics_port(self.cfg)
         try:
-            telemetry.serve(self.cfg.metrics.host, port)
+            telemetry.serve(self.cfg.metrics, port)
         except OSError as e:
             raise ConfigError([f"metrics: cannot serve on {self.cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
         write_targets(self.cfg)
