@@ -227,8 +227,9 @@ def test_the_shipped_configs_pass(tmp_path, monkeypatch, tiny_model, capsys):
     monkeypatch.setenv("VAD_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("VAD_MODEL", str(tiny_model))
     monkeypatch.delenv("VAD_CAMERA_URL", raising=False)
-    code, _, err = check(REPO / "deploy" / "config" / "vad.yaml", capsys)
-    assert code == 2 and "cameras[0].source: environment variable ${VAD_CAMERA_URL} is not set" in err
+    for path in [REPO / "configs" / "camera.yaml", REPO / "deploy" / "config" / "vad.yaml"]:
+        code, _, err = check(path, capsys)  # neither dials a default address
+        assert code == 2 and "cameras[0].source: environment variable ${VAD_CAMERA_URL} is not set" in err
     monkeypatch.setenv("VAD_CAMERA_URL", "rtsp://viewer:secret@192.0.2.1/stream")  # a secret from the env file
     for path in [REPO / "configs" / "camera.yaml", REPO / "deploy" / "config" / "vad.yaml"]:
         code, out, err = check(path, capsys)

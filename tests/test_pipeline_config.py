@@ -13,6 +13,10 @@ from .conftest import REPO
 def test_the_example_camera_config_loads_with_loopback_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("VAD_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.delenv("VAD_MODEL", raising=False)
+    monkeypatch.delenv("VAD_CAMERA_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"cameras\[0\].source: environment variable \$\{VAD_CAMERA_URL\} is not set"):
+        pipeline_config.load(REPO / "configs" / "camera.yaml")  # no default address to dial
+    monkeypatch.setenv("VAD_CAMERA_URL", "rtsp://viewer:secret@192.0.2.1/stream")
     cfg = pipeline_config.load(REPO / "configs" / "camera.yaml")
     camera = cfg.cameras[0]
     assert cfg.model == str(BUNDLED_MODEL) and camera.source.startswith("rtsp://")
