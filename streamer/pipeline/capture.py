@@ -187,18 +187,24 @@ def recorded_frames(camera: CameraConfig, stop: threading.Event) -> Iterator[Cap
 
 
 def _play(camera: CameraConfig, sources: list, fps: float, stop: threading.Event) -> Iterator[Captured]:
+    """Paced, like a camera: one frame every 1/fps s. After a stall (downstream took nothing for a while) it goes
+    on from the next frame at real time, rather than replaying the frames it fell behind by at full speed."""
     up = telemetry.CAMERA_UP.labels(camera.id)
     up.set(1)
-    started, count = time.monotonic(), 0
+    period = 1.0 / fps if camera.pace else 0.0
+    due = time.monotonic()
     while not stop.is_set():
         for clip, source in sources:
             skipped, reset = source.skipped, True
             for frame in source:
-                if camera.pace:
-                    stop.wait(max(0.0, started + count / fps - time.monotonic()))
+                now = time.monotonic()
+                if now < due:
+                    stop.wait(due - now)
+                elif now - due > period:  # more than a frame late: a stall, not jitter to make up
+                    due = now
+                due += period
                 if stop.is_set():
                     break
-                count += 1
                 frame.timestamp = time.time()  # captured now, after pacing
                 yield frame, clip, reset
                 reset = False
