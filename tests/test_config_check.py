@@ -187,7 +187,9 @@ def test_curve_needs_a_key_pair_and_an_allow_list_and_takes_secrets_from_the_env
     code, _, err = check(write(tmp_path, valid), capsys)
     assert code == 2
     assert "- security.curve.secret_key: required when curve is enabled" in err
-    assert "- security.curve.authorized_keys: None is not a folder of public keys" in err
+    valid["security"] = {"curve": {"enabled": True, "authorized_keys": str(tmp_path / "nowhere")}}
+    code, _, err = check(write(tmp_path, valid), capsys)
+    assert code == 2 and f"- security.curve.authorized_keys: '{tmp_path / 'nowhere'}' is not a folder" in err
 
     keys, allowed = tmp_path / "keys", tmp_path / "authorized"
     public, secret = security.generate(keys, "pipeline", authorize=allowed)

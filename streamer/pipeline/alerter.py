@@ -180,6 +180,13 @@ class Alerter:
                 self._emit(state.tracker.close(state.last_position, "shutdown"))
 
 
+def drop_subscribers(publisher: zmq.Socket, endpoint: str) -> None:
+    """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
+    log.warning("alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again")
+    publisher.unbind(publisher.getsockopt_string(zmq.LAST_ENDPOINT))
+    publisher.bind(endpoint)
+
+
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
     with ExitStack() as stack, zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         event_log = EventLog(cfg.alerter.event_log)
@@ -220,6 +227,8 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         stage_time = telemetry.STAGE_SECONDS.labels("alerter")
         while inbox.open():
+            if curve is not None and curve.subscriber_revoked():
+                drop_subscribers(publisher, cfg.alerter.events_endpoint)
             publisher_links.poll()
             message = inbox.receive()
             if message is not None:

@@ -198,7 +198,8 @@ class CurveConfig:
     # The pipeline's key pair (NAME.key_secret from `vad keys generate`): binding stages serve with it,
     # connecting stages present it. Every host of one pipeline uses the same pair.
     secret_key: str | None = None
-    # Folder of public keys (*.key) allowed to connect: the pipeline's own, and one per alert subscriber.
+    # Folder of the public keys (*.key) of alert subscribers allowed to receive events (the pipeline's own key
+    # always is). Needed where the alerter runs; links between stages admit the pipeline's key alone.
     authorized_keys: str | None = None
 
     def __post_init__(self):
@@ -212,7 +213,7 @@ class CurveConfig:
                 security.load_key_pair(self.secret_key)
             except ValueError as e:
                 problems.append(f"secret_key: {e}")
-        if not self.authorized_keys or not Path(self.authorized_keys).is_dir():
+        if self.authorized_keys and not Path(self.authorized_keys).is_dir():
             problems.append(f"authorized_keys: {self.authorized_keys!r} is not a folder of public keys (*.key)")
         if problems:
             raise typed_config.ConfigError(problems)

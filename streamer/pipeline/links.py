@@ -45,6 +45,7 @@ for _event in FAILED:
     EVENTS |= _event
 REASONS = ("not_authorized", "curve_mismatch", "wrong_key", "other")
 RETRY = Backoff(1.0, 30.0)  # waits before connecting again to an endpoint that refused us
+_refused_now: Counter[str] = Counter()  # stage -> endpoints refusing it, over all of this process's sockets
 
 WHY = {
     ("client", "not_authorized"): "our public key is not in its authorized_keys",
@@ -92,17 +93,22 @@ class Links:
         self._retry_at: dict[str, float] = {}  # endpoint -> when to connect again
         self._failures = {reason: telemetry.HANDSHAKES_FAILED.labels(stage, self.side, reason) for reason in REASONS}
         self._drops = 0
+        self._unjudged: set[str] = set()  # dropped links not yet logged as expected or not
         self._refused_clients: Counter[str] = Counter()  # reason -> clients this server refused
         self._refused_gauge = telemetry.LINKS_REFUSED.labels(stage)
-        self._refused_gauge.set(0)
+        self._refused_gauge.set(_refused_now[stage])
 
     @property
     def refused(self) -> list[str]:
         """Connected endpoints whose last handshake was refused."""
-        return [endpoint for endpoint, count in self._refusals.items() if count]
+        return list(self._refusals)
 
-    def poll(self) -> None:
-        """Handle every event waiting (without blocking), then make the connections that are due again."""
+    def poll(self, settle: bool = True) -> None:
+        """Handle every event waiting (without blocking), then make the connections that are due again.
+
+        `settle`: judge the links dropped so far (expected after their stream's end, or not). A socket with
+        messages still waiting says False: a dropped link's last messages, its `end` among them, come first.
+        """
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             endpoint = event["endpoint"].decode()
@@ -117,6 +123,8 @@ class Links:
             if now >= due:
                 del self._retry_at[endpoint]
                 self.socket.connect(endpoint)
+        if settle:
+            self._judge_drops()
 
     def _failed(self, endpoint: str, reason: str, value: int) -> None:
         self._failures[reason].inc()
@@ -131,7 +139,8 @@ class Links:
             return
         count = self._refusals.get(endpoint, 0) + 1
         self._refusals[endpoint] = count
-        self._refused_gauge.set(len(self.refused))
+        if count == 1:
+            self._count_refused(+1)
         delay = RETRY.delay(count - 1)
         if worth_logging(count):
             log.warning(
@@ -149,24 +158,33 @@ class Links:
     def _succeeded(self, endpoint: str) -> None:
         count = self._refusals.pop(endpoint, 0)
         if count:
-            self._refused_gauge.set(len(self.refused))
+            self._count_refused(-1)
             log.info("%s: %s accepted our handshake after %d refusals", self.stage, endpoint, count)
 
+    def _count_refused(self, change: int) -> None:
+        _refused_now[self.stage] += change
+        self._refused_gauge.set(_refused_now[self.stage])
+
     def _dropped(self, endpoint: str) -> None:
-        if endpoint in self.ended:  # the upstream stage finished its stream and left: expected
-            log.info("%s: %s closed after the end of its stream", self.stage, endpoint)
-        else:
+        self._unjudged.add(endpoint)
+        self._disconnect(endpoint)
+        self.socket.connect(endpoint)
+
+    def _judge_drops(self) -> None:
+        for endpoint in self._unjudged:
+            if endpoint in self.ended:  # the upstream stage finished its stream and left: expected
+                log.info("%s: %s closed after the end of its stream", self.stage, endpoint)
+                continue
             self._drops += 1
             if worth_logging(self._drops):
                 log.warning(
                     "%s: connection to %s dropped (%d so far: the peer stopped or restarted, or sent a message over "
-                    "max_message_bytes); connecting again",
+                    "max_message_bytes); connected again",
                     self.stage,
                     endpoint,
                     self._drops,
                 )
-        self._disconnect(endpoint)
-        self.socket.connect(endpoint)
+        self._unjudged.clear()
 
     def _disconnect(self, endpoint: str) -> None:
         try:
@@ -175,5 +193,7 @@ class Links:
             pass
 
     def close(self) -> None:
+        if self._refusals:
+            self._count_refused(-len(self._refusals))
         self.socket.disable_monitor()
         self._monitor.close()

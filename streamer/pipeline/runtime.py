@@ -69,7 +69,10 @@ def make_socket(
     """
     socket = ctx.socket(kind)
     if curve is not None:
-        (curve.server if bind else curve.client)(socket)
+        if bind:
+            curve.server(socket, events=kind == zmq.PUB)
+        else:
+            curve.client(socket)
     socket.setsockopt(zmq.MAXMSGSIZE, messaging.max_message_bytes)
     socket.setsockopt(zmq.SNDHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.RCVHWM, messaging.high_water_mark)
@@ -110,8 +113,8 @@ class Inbox:
     stream comes from it. Its `links` make dropped or refused connections again and
     report refusals (see links.py); a link that closes after its camera's stream
     ended is expected and logged as such. The monitor is read when no message is
-    waiting (or once a second), so that a closing link's last messages, an `end`
-    among them, are taken first.
+    waiting, or once a second; a dropped link is judged only when none is waiting,
+    so that its last messages, an `end` among them, are taken first.
     """
 
     def __init__(
@@ -135,10 +138,10 @@ class Inbox:
         self._rejections: Counter[str] = Counter()
 
     def _read_links(self) -> None:
-        now = time.monotonic()
-        if now - self._links_read >= 1.0 or not self.socket.poll(0):
+        now, waiting = time.monotonic(), bool(self.socket.poll(0))
+        if now - self._links_read >= 1.0 or not waiting:
             self._links_read = now
-            self.links.poll()
+            self.links.poll(settle=not waiting)
 
     def _note_end(self, message: Message) -> None:
         """Which connected endpoints' cameras have ended their stream (their links may close)."""
