@@ -179,7 +179,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """A pipeline config as `vad run` (or, with --stage, `vad stage`) checks it; a training config as `vad train`."""
     from .config import read_yaml
 
-    if "method" in read_yaml(args.file) and not args.stage:
+    data = read_yaml(args.file)
+    if "method" in data and "cameras" not in data and not args.stage:
         return check_training_config(args.file)
     from .pipeline import checks
     from .pipeline.config import stage_refs
