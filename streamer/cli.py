@@ -149,7 +149,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg.camera(args.camera)
     ref = pipeline_config.StageRef(args.name, args.camera if args.name in ("capture", "patcher") else None, args.index)
     if ref not in pipeline_config.stage_refs(cfg):
-        raise ConfigError([f"{ref.label} is not a stage of this config (scorer --index must be < scorer.processes)"])
+        why = "scorer --index must be < scorer.processes; the notifier needs a notify section"
+        raise ConfigError([f"{ref.label} is not a stage of this config ({why})"])
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
     stop = stop_on_signals()
@@ -163,11 +164,17 @@ def cmd_stage(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     from .pipeline import alerter, capture, patcher, scorer
 
+    def notify() -> int:
+        from .pipeline import notifier  # paho and urllib.request: only this stage loads them
+
+        return notifier.run(cfg, stop)
+
     runners = {
         "capture": lambda: capture.run(cfg, args.camera, stop),
         "patcher": lambda: patcher.run(cfg, args.camera, stop),
         "scorer": lambda: scorer.run(cfg, args.index, stop),
         "alerter": lambda: alerter.run(cfg, stop),
+        "notifier": notify,
     }
     try:
         return runners[args.name]()
@@ -184,6 +191,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return check_training_config(args.file)
     from .pipeline import checks
     from .pipeline.config import stage_refs
+    from .pipeline.notify_config import unreachable
 
     cfg = checks.checked_config(args.file, args.stage)
     for warning in checks.warnings(cfg):
@@ -194,9 +202,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         stages = sorted(set(args.stage))
         what = f"valid for stage{'s' * (len(stages) > 1)} {', '.join(stages)}"
     else:
+        stages = sorted({ref.name for ref in stage_refs(cfg)})
         what = f"valid: {len(cfg.cameras)} camera(s), {len(stage_refs(cfg))} stage processes"
-    log_file = f"; event log {cfg.alerter.event_log}" if not args.stage or "alerter" in args.stage else ""
-    print(f"{args.file}: {what}, {reach}, {security}{log_file}")
+    log_file = f"; event log {cfg.alerter.event_log}" if "alerter" in stages else ""
+    notify = cfg.notify if "notifier" in stages else None
+    destinations = "; notify " + ", ".join(f"{d.name} ({d.address})" for d in notify.destinations) if notify else ""
+    print(f"{args.file}: {what}, {reach}, {security}{log_file}{destinations}")
+    for warning in unreachable(notify):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -351,10 +364,11 @@ def print_events(socket, links, count: int | None, timeout: float | None) -> int
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_notify, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json)
+    notify = demo_notify(args.mqtt, args.webhook)
+    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify)
 
 
 def at_least(low: int):
@@ -433,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="play as fast as the pipeline goes, not at the clip's fps")
     p.add_argument("--metrics-port", type=int, help="first metrics port (default 9100, or free ones if taken)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--mqtt", metavar="HOST[:PORT]", help="also deliver to this MQTT broker (topics vad/#, Home Assistant)"
+    )
+    p.add_argument("--webhook", metavar="URL", help="also POST start and end events to this URL")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
@@ -440,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one pipeline stage alone (stages may sit on different hosts)")
-    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter"])
+    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter", "notifier"])
     p.add_argument("--config", required=True, help="pipeline YAML, the same file for every stage")
     p.add_argument("--camera", help="capture and patcher: the camera id this process serves")
     p.add_argument("--index", type=int, default=0, help="scorer: its number, 0 .. scorer.processes-1")
@@ -466,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stage",
         action="append",
-        choices=["capture", "patcher", "scorer", "alerter"],
+        choices=["capture", "patcher", "scorer", "alerter", "notifier"],
         help="check only what this stage needs (repeatable): on a host that runs some stages with `vad stage`",
     )
     p.set_defaults(func=cmd_config_check)
@@ -483,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     p.add_argument(
         "--stage",
-        choices=["capture", "patcher", "scorer", "alerter"],
+        choices=["capture", "patcher", "scorer", "alerter", "notifier"],
         help="ask this stage process instead (run alone with `vad stage`): unhealthy also while its peers refuse it",
     )
     p.add_argument("--camera", help="with --stage capture or patcher: the camera id")

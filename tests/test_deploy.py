@@ -106,6 +106,7 @@ def test_rules_and_dashboard_use_only_metrics_the_pipeline_exposes():
         "vad_frames_dropped_total",
         "vad_capture_to_score_seconds_bucket",
         "vad_frames_scored_total",
+        "vad_notify_lag_seconds",
     ):
         assert any(required in e for e in expressions), f"no alert rule uses {required}"
     for required in (
@@ -114,6 +115,7 @@ def test_rules_and_dashboard_use_only_metrics_the_pipeline_exposes():
         "vad_capture_to_alert_seconds_bucket",
         "vad_frame_score",
         "vad_events_total",
+        "vad_notify_lag_seconds",
     ):
         assert any(required in q for q in queries), f"no dashboard panel shows {required}"
 

@@ -3,8 +3,10 @@
 Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
-the PUB socket as [b"event", JSON] (`Outbox`). Optionally every frame's scores go
-to a JSON lines file (evaluation, benchmarks).
+the PUB socket as [b"event", JSON] (`Outbox`); each frame's smoothed score is
+published as [b"score", JSON] (not logged: a live reading for the notifier's
+MQTT score topic). Optionally every frame's scores go to a JSON lines file
+(evaluation, benchmarks).
 
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
@@ -30,7 +32,7 @@ from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
 from .links import Links
 from .messages import Message, MessageError
-from .outbox import Outbox
+from .outbox import SCORE_TOPIC, Outbox
 from .reorder import Reorder
 from .runtime import Inbox, make_socket
 from .security import curve_for
@@ -142,6 +144,8 @@ class Alerter:
         patch_scores = message.arrays["patch_scores"]
         smoothed = state.smoother.update(header["score"])
         telemetry.FRAME_SCORE.labels(message.camera).set(smoothed)
+        score = {"camera": message.camera, "seq": header["seq"], "capture_time": header["t_capture"], "score": smoothed}
+        self.outbox.publish([SCORE_TOPIC, json.dumps(score).encode()])
 
         def boxes() -> list[dict]:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))

@@ -26,7 +26,7 @@ from ..sources import SourceError
 from .capture import playback_fps, recorded_sources
 from .config import PipelineConfig, is_loopback_host, load, stage_refs
 
-STAGES = ("capture", "patcher", "scorer", "alerter")
+STAGES = ("capture", "patcher", "scorer", "alerter", "notifier")
 
 
 def checked_config(path: str | os.PathLike, stages: Iterable[str] | None = None) -> PipelineConfig:
@@ -123,6 +123,7 @@ NEEDS: dict[str, list[Callable[[PipelineConfig], list[str]]]] = {
     "patcher": [run_dir_problems, metrics_tls_problems],
     "scorer": [metrics_tls_problems],
     "alerter": [log_problems, run_dir_problems, metrics_tls_problems],
+    "notifier": [run_dir_problems, metrics_tls_problems],  # its cursors live in RUN_DIR/state
 }
 
 

@@ -25,6 +25,7 @@ from ..model import BUNDLED_MODEL, ModelCard
 from ..scoring import ScoringSettings
 from . import security
 from .messages import CAMERA_ID
+from .notify_config import NotifyConfig, cross_check
 
 IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
 MAX_WAIT_SECONDS = 3600.0  # longest wait a setting may ask for (ZeroMQ takes linger in int milliseconds)
@@ -239,6 +240,7 @@ class PipelineConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    notify: NotifyConfig | None = None  # MQTT and webhooks, delivered from the event log by the notifier stage
 
     def __post_init__(self):
         if not self.cameras:
@@ -259,7 +261,7 @@ class PipelineConfig:
         problems = endpoint_problems(self)
         if self.metrics.enabled and self.metrics.base_port + len(stage_refs(self)) > 65535:
             problems.append(f"metrics.base_port: {self.metrics.base_port} leaves too few ports for every process")
-        problems = scoring_problems(self.scoring) + (problems or port_clashes(self))
+        problems = scoring_problems(self.scoring) + cross_check(self.notify, ids) + (problems or port_clashes(self))
         if not self.security.allow_remote:
             remote = [(where, e) for where, e in self.endpoints() if e.startswith("tcp://") and not is_loopback(e)]
             if self.metrics.enabled and not is_loopback_host(self.metrics.host):
@@ -401,7 +403,7 @@ def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
     """Every stage process of a config, in start order; metrics ports follow this order."""
     refs = [StageRef(name, camera.id) for camera in cfg.cameras for name in ("capture", "patcher")]
     refs += [StageRef("scorer", index=k) for k in range(cfg.scorer.processes)]
-    return refs + [StageRef("alerter")]
+    return refs + [StageRef("alerter")] + [StageRef("notifier")] * (cfg.notify is not None)
 
 
 def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:

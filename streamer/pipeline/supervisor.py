@@ -3,8 +3,9 @@
 Each stage is `python -m streamer.cli stage NAME --config FILE`, the same command
 that runs a stage alone on another host. Children get their own session, so a
 terminal's Ctrl-C reaches only the supervisor, which then stops the stages
-upstream first (capture, patch, scorer, alerter): each finishes what it was sent
-before it exits, and the alerter closes open events, so nothing in flight is lost.
+upstream first (capture, patch, scorer, alerter, notifier): each finishes what it
+was sent before it exits, the alerter closes open events, and the notifier
+delivers what the log holds, so nothing in flight is lost.
 
 A stage that exits while the pipeline runs (a crash, kill -9, the OOM killer) is
 started again after a wait that doubles with each failure in a row (capped at
@@ -39,7 +40,7 @@ from .runtime import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
-STOP_ORDER = ("capture", "patcher", "scorer", "alerter")
+STOP_ORDER = ("capture", "patcher", "scorer", "alerter", "notifier")
 POLL_SECONDS = 0.2
 CRASH_LOOP = 5  # failures in a row, each within stable_seconds of its start, reported as a crash loop
 

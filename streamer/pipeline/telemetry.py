@@ -98,6 +98,30 @@ EVENTS_LOST = Counter(
     registry=None,
 )
 
+# The notifier's, one series per destination ("mqtt", or a webhook's name).
+NOTIFY_DELIVERED = Counter(
+    "vad_notify_delivered", "Events a destination acknowledged (broker PUBACK, HTTP 2xx)", ["destination"]
+)
+NOTIFY_FAILED = Counter(
+    "vad_notify_failed",
+    "Delivery attempts that failed (connection refused or lost, timeout, HTTP error status)",
+    ["destination"],
+)
+NOTIFY_RETRIED = Counter("vad_notify_retried", "Delivery attempts made after a failed one", ["destination"])
+NOTIFY_DROPPED = Counter(
+    "vad_notify_dropped",
+    "Events given up undelivered: more than max_queue waited (queue), or older than max_age_seconds (age)",
+    ["destination", "reason"],
+)
+NOTIFY_LAG_EVENTS = Gauge(
+    "vad_notify_lag_events", "Event-log rows a destination has not taken yet (of the types it gets)", ["destination"]
+)
+NOTIFY_LAG_SECONDS = Gauge(
+    "vad_notify_lag_seconds",
+    "Age of the oldest event a destination has not taken yet; 0 when caught up",
+    ["destination"],
+)
+
 
 def register_alerter_metrics() -> None:
     for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST):
