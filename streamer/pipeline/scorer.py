@@ -108,6 +108,8 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
             return results
 
         while inbox.open():
+            # The alerter leaving once every camera's stream has ended is a clean stop, not a dropped link.
+            out_links.ended = set(out_links.connected) if inbox.links.ended == set(inbox.connected) else set()
             out_links.poll()
             first = inbox.receive()
             if first is None:
