@@ -25,9 +25,10 @@ import yaml
 from .model import BUNDLED_MODEL
 from .pipeline import PipelineError
 from .pipeline import config as pipeline_config
+from .pipeline.checks import preflight
 from .pipeline.events import events_after, read_events
 from .pipeline.media import SNAPSHOT_DIR
-from .pipeline.supervisor import Supervisor, preflight
+from .pipeline.supervisor import Supervisor
 
 SAMPLE_CLIP = Path(__file__).resolve().parent / "samples" / "ped2_test002.mp4"
 DEFAULT_METRICS_PORT = 9100

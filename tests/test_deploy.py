@@ -191,13 +191,20 @@ def test_dockerfiles_copy_what_exists_and_run_unprivileged(dockerfile):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_the_systemd_unit_verifies(tmp_path):
-    unit = (DEPLOY / "systemd" / "vad.service").read_text()
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("vad.service", "vad run --config /etc/vad/vad.yaml"),
+        ("vad-scorer.service", "vad stage scorer --index 0 --config /etc/vad/vad.yaml"),
+    ],
+)
+def test_the_systemd_units_verify(tmp_path, name, command):
+    unit = (DEPLOY / "systemd" / name).read_text()
     assert re.search(r"^User=vad$", unit, re.MULTILINE) and re.search(r"^Restart=on-failure$", unit, re.MULTILINE)
-    assert re.search(r"^EnvironmentFile=/etc/vad/vad.env$", unit, re.MULTILINE)
-    assert "ExecStart=/opt/vad/bin/vad run --config /etc/vad/vad.yaml" in unit
+    assert name != "vad.service" or re.search(r"^EnvironmentFile=/etc/vad/vad.env$", unit, re.MULTILINE)
+    assert f"ExecStart=/opt/vad/bin/{command}" in unit
     # systemd-analyze wants the programs to exist: point them at this checkout's `vad`.
-    local = tmp_path / "vad.service"
+    local = tmp_path / name
     local.write_text(unit.replace("/opt/vad/bin/vad", str(Path(sys.executable).parent / "vad")))
     result = run("systemd-analyze", "verify", str(local))
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

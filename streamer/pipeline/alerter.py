@@ -33,6 +33,7 @@ from . import telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
+from .links import Links
 from .media import FINISH_SECONDS, STOP_SECONDS, EventMedia, without_media
 from .messages import Message, MessageError
 from .outbox import SCORE_TOPIC, Outbox
@@ -194,6 +195,13 @@ class Alerter:
                 self._emit(state.tracker.close(state.last_position, "shutdown"))
 
 
+def drop_subscribers(publisher: zmq.Socket, endpoint: str) -> None:
+    """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
+    log.warning("alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again")
+    publisher.unbind(publisher.getsockopt_string(zmq.LAST_ENDPOINT))
+    publisher.bind(endpoint)
+
+
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
     # `threads` unwinds first: reader threads let go of their sockets before the context closes them.
     with (
@@ -214,6 +222,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
         publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        publisher_links = Links(publisher, "alerter")
         media = None
         if cfg.alerter.media.enabled:
             media = EventMedia(
@@ -248,6 +257,9 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         stage_time = telemetry.STAGE_SECONDS.labels("alerter")
         while inbox.open():
+            if curve is not None and curve.subscriber_revoked():
+                drop_subscribers(publisher, cfg.alerter.events_endpoint)
+            publisher_links.poll()
             message = inbox.receive()
             if message is not None:
                 started = time.perf_counter()
@@ -265,5 +277,6 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         if media is not None:
             media.close(STOP_SECONDS if stop.is_set() else FINISH_SECONDS)
         inbox.close()
+        publisher_links.close()
         publisher.close()
     return 0

@@ -164,15 +164,6 @@ class EventLog:
         except sqlite3.Error as e:
             raise EventLogError(f"cannot read {self.path}: {e}") from None
 
-    def check_writable(self) -> None:
-        """EventLogError unless this process can write the log (a write lock, taken and given back)."""
-        try:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
-        except sqlite3.Error as e:
-            raise EventLogError(f"cannot write to {self.path}: {e}") from None
-
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
@@ -265,11 +256,14 @@ def read_events(path: str | os.PathLike) -> list[dict]:
 
 
 def events_after(path: str | os.PathLike, row_id: int) -> list[tuple[int, dict]]:
-    """(row id, event) for each event logged after row `row_id`, oldest first; none while the log does not exist."""
+    """(row id, event) for each event logged after row `row_id`, oldest first; none while the log does not exist
+    (or the alerter has created the file but not yet its table)."""
     if not Path(path).exists():
         return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
+            return []
         rows = db.execute("SELECT id, body FROM events WHERE id > ? ORDER BY id", (row_id,))
         return [(row, json.loads(body)) for row, body in rows]
     finally:

@@ -37,13 +37,8 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..model import ModelError, PatchModel
-from ..sources import SourceError
 from . import telemetry
-from .capture import recorded_sources
 from .config import PipelineConfig, StageRef, metrics_port, stage_refs, supervisor_metrics_port
-from .events import EventLog, EventLogError
-from .media import choose_codec, writable_codecs
 from .runtime import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
@@ -51,39 +46,6 @@ log = logging.getLogger(__name__)
 STOP_ORDER = ("capture", "patcher", "scorer", "alerter", "notifier", "ui")
 POLL_SECONDS = 0.2
 CRASH_LOOP = 5  # failures in a row, each within stable_seconds of its start, reported as a crash loop
-
-
-def preflight(cfg: PipelineConfig) -> None:
-    """Fail before starting anything on what would fail in a stage: the model, recorded sources, the event log.
-
-    Every problem is reported, each with the setting it comes from, as one ConfigError.
-    """
-    problems = []
-    try:
-        PatchModel(cfg.model, device="cpu", threads=1)
-    except ModelError as e:
-        problems.append(f"model: {e}")
-    for i, camera in enumerate(cfg.cameras):
-        if camera.source_kind not in ("camera", "url"):
-            try:
-                recorded_sources(camera)
-            except SourceError as e:
-                problems.append(f"cameras[{i}].source: {e}")
-    media = cfg.alerter.media
-    if media.enabled and media.clips and media.clip_codec != "auto" and choose_codec(media.clip_codec) is None:
-        problems.append(
-            f"alerter.media.clip_codec: this OpenCV build cannot write {media.clip_codec} "
-            f"(it can: {', '.join(writable_codecs()) or 'none'}); use auto"
-        )
-    event_log = EventLog(cfg.alerter.event_log)
-    try:
-        event_log.check_writable()
-    except EventLogError as e:
-        problems.append(f"alerter.event_log: {e}")
-    finally:
-        event_log.close()
-    if problems:
-        raise ConfigError(problems)
 
 
 class Child:
@@ -208,7 +170,7 @@ class Supervisor:
             return
         port = supervisor_metrics_port(self.cfg)
         try:
-            telemetry.serve(self.cfg.metrics.host, port)
+            telemetry.serve(self.cfg.metrics, port)
         except OSError as e:
             raise ConfigError([f"metrics: cannot serve on {self.cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
         write_targets(self.cfg)
