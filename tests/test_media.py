@@ -237,7 +237,7 @@ def test_the_preview_reader_drops_what_is_not_a_preview_of_a_configured_camera(t
     with zmq.Context() as ctx, ctx.socket(zmq.PUB) as hostile:
         hostile.setsockopt(zmq.LINGER, 0)
         hostile.bind(endpoint)
-        reader = PreviewReader(ctx, cfg, ring, None)
+        reader = PreviewReader(cfg, ring, None)
         try:
             header = {"camera": "cam1", "stream": "s1", "t_capture": time.time(), "index": 1, "clip": "", "reset": True}
             jpeg = {"jpeg": encode_jpeg(frame(1), 90)}

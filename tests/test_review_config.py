@@ -76,3 +76,10 @@ def test_config_check_refuses_a_codec_this_opencv_cannot_write(tmp_path, tiny_mo
     assert main(["config", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"alerter.media.clip_codec: this OpenCV build cannot write {missing[0]}" in err
+
+
+def test_the_page_may_not_take_a_port_another_process_listens_on(tmp_path):
+    found = problems(tmp_path, ui={"enabled": True, "port": 9103}, metrics={"base_port": 9100})
+    assert found == [
+        "ui.port (the review page): port 9103 on 127.0.0.1 is also metrics port of alerter (metrics.base_port + 3)"
+    ]

@@ -18,6 +18,7 @@ traces, clips; written in the background), and `retention` prunes old events.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
 PUB_MAX_MESSAGE_BYTES = 1024  # what a subscriber may send: subscriptions
 SUBSCRIBER_GRACE_SECONDS = 0.5  # between binding the PUB socket and taking the first scores
+REBIND_SECONDS = 2.0  # for the events endpoint to come free after dropping every subscriber
 
 
 class CameraState:
@@ -199,17 +201,20 @@ def drop_subscribers(publisher: zmq.Socket, endpoint: str) -> None:
     """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
     log.warning("alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again")
     publisher.unbind(publisher.getsockopt_string(zmq.LAST_ENDPOINT))
-    publisher.bind(endpoint)
+    # ZeroMQ's I/O thread closes the listener after unbind returns: until it has, the address is still taken.
+    deadline = time.monotonic() + REBIND_SECONDS
+    while True:
+        try:
+            publisher.bind(endpoint)
+            return
+        except zmq.ZMQError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
-    # `threads` unwinds first: reader threads let go of their sockets before the context closes them.
-    with (
-        ExitStack() as stack,
-        zmq.Context() as ctx,
-        curve_for(ctx, cfg.security.curve) as curve,
-        ExitStack() as threads,
-    ):
+    with ExitStack() as stack, zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         event_log = EventLog(cfg.alerter.event_log)
         stack.callback(event_log.close)
         progress = Checkpoint(state_path(cfg.run_dir, "alerter"))
@@ -228,9 +233,9 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             media = EventMedia(
                 cfg.run_dir, cfg.alerter.media, ModelCard.load(card_path_for(cfg.model)).patch, cfg.alerter.max_boxes
             )
-            threads.callback(PreviewReader(ctx, cfg, media.ring, curve).close)
+            stack.callback(PreviewReader(cfg, media.ring, curve).close)
         retention_stop = threading.Event()
-        threads.callback(retention_stop.set)
+        stack.callback(retention_stop.set)
         RetentionThread(Retention(cfg.run_dir, cfg.alerter.event_log, cfg.alerter.retention), retention_stop).start()
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.

@@ -226,10 +226,13 @@ class PreviewRing:
 
 
 class PreviewReader:
-    """A thread that subscribes to every camera's previews and fills a ring (its socket lives in that thread)."""
+    """A thread that subscribes to every camera's previews and fills a ring.
 
-    def __init__(self, ctx: zmq.Context, cfg: PipelineConfig, ring: PreviewRing, curve):
-        self.ctx = ctx
+    Its socket lives in that thread, in a ZeroMQ context of its own: the preview traffic
+    keeps its own I/O thread, apart from the alerter's event sockets.
+    """
+
+    def __init__(self, cfg: PipelineConfig, ring: PreviewRing, curve):
         self.cfg = cfg
         self.cameras = {camera.id for camera in cfg.cameras}
         self.ring = ring
@@ -239,22 +242,22 @@ class PreviewReader:
         self.thread.start()
 
     def _run(self) -> None:
-        endpoints = tuple(camera.preview_endpoint for camera in self.cfg.cameras)
-        socket = make_socket(
-            self.ctx, zmq.SUB, endpoints[0], bind=False, messaging=self.cfg.messaging, curve=self.curve
-        )
-        for endpoint in endpoints[1:]:
-            socket.connect(endpoint)
-        socket.subscribe(b"")
-        inbox = Inbox(socket, "previews", self.stop, self.cfg.messaging, connected=endpoints)
-        try:
-            while not self.stop.is_set():
-                message = inbox.receive()
-                if message is not None:
-                    inbox.handle(self._accept, message)
-        finally:
-            socket.setsockopt(zmq.LINGER, 0)
-            inbox.close()
+        endpoints = {camera.preview_endpoint: camera.id for camera in self.cfg.cameras}
+        first, *others = endpoints
+        with zmq.Context() as ctx:
+            socket = make_socket(ctx, zmq.SUB, first, bind=False, messaging=self.cfg.messaging, curve=self.curve)
+            for endpoint in others:
+                socket.connect(endpoint)
+            socket.subscribe(b"")
+            inbox = Inbox(socket, "previews", self.stop, self.cfg.messaging, connected=endpoints)
+            try:
+                while not self.stop.is_set():
+                    message = inbox.receive()
+                    if message is not None:
+                        inbox.handle(self._accept, message)
+            finally:
+                socket.setsockopt(zmq.LINGER, 0)
+                inbox.close()
 
     def _accept(self, message: messages.Message) -> None:
         if message.kind == "end":  # capture is going: its connection closing is no fault
