@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -80,6 +81,18 @@ def screenshot(driver, path: Path) -> np.ndarray:
     return cv2.imread(str(path))
 
 
+def loaded_width(driver, image, timeout: float = 15.0) -> int:
+    """The image's natural width once the browser has loaded and decoded it (0 if it never does)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        width = driver.execute_script("return arguments[0].complete ? arguments[0].naturalWidth : 0", image)
+        if width:
+            driver.execute_script("return arguments[0].decode()", image)  # painted before any screenshot
+            return width
+        time.sleep(0.1)
+    return 0
+
+
 def region(image: np.ndarray, driver, element) -> np.ndarray:
     """The part of a screenshot an element covers (screenshots are in device pixels)."""
     rect = element.rect
@@ -97,8 +110,8 @@ def test_the_page_lists_the_event_and_opens_it_with_snapshots_and_a_score_plot(r
         rows = browser.find_elements("css selector", "table.events tr.event")
         assert len(rows) == 1
         thumbnail = rows[0].find_element("css selector", "td.thumb img")
+        assert loaded_width(browser, thumbnail) == 720
         listing = screenshot(browser, tmp_path / "events.png")
-        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumbnail) == 720
         assert region(listing, browser, thumbnail).std() > 20  # a picture, not an empty box
 
         rows[0].find_element("css selector", "a.start").click()
@@ -106,7 +119,7 @@ def test_the_page_lists_the_event_and_opens_it_with_snapshots_and_a_score_plot(r
         snapshots = browser.find_elements("css selector", "figure.snapshot img")
         assert len(snapshots) == 2
         for image in snapshots:
-            assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 720
+            assert loaded_width(browser, image) == 720
         smoothed = browser.find_element("css selector", "svg.plot polyline.smoothed")
         assert len(smoothed.get_attribute("points").split()) == 28  # pre-roll to the end, one point a frame
         assert browser.execute_script("return arguments[0].getBBox().width", smoothed) > 500
