@@ -127,10 +127,11 @@ def vad_command(*args: str, level: str = "info") -> list[str]:
 
 
 @contextmanager
-def running(*args: str, log: Path, level: str = "info"):
-    """A `vad ...` process, killed with all its children on the way out whatever happens."""
+def running(*args: str, log: Path, prefix: tuple[str, ...] = (), level: str = "info"):
+    """A `vad ...` process (run through `prefix`, e.g. ip netns exec NAME), killed with all its children on the way
+    out whatever happens."""
     with open(log, "w") as out:
-        process = subprocess.Popen(vad_command(*args, level=level), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*prefix, *vad_command(*args, level=level)], stdout=out, stderr=subprocess.STDOUT)
     children: set[int] = set()
     try:
         yield process, children

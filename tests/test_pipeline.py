@@ -105,7 +105,9 @@ def test_events_follow_the_schema_and_are_logged_before_published(short_run):
         "model": dict,
     }
     for event in logged:
-        assert set(event) == set(fields) | {"reason", "score"}
+        media = {"snapshot", "video"} if event["type"] == "end" else {"snapshot"}  # their paths in the run dir
+        assert set(event) == set(fields) | {"reason", "score"} | media
+        assert event["snapshot"].startswith(f"snapshots/{event['event_id']}/")
         assert all(isinstance(event[k], t) for k, t in fields.items()), event
         assert event["camera"] == "cam1" and event["type"] in ("start", "update", "end")
         assert (event["reason"] in END_REASONS) if event["type"] == "end" else event["reason"] is None
@@ -244,6 +246,22 @@ def reconnect_flaky_camera(run_dir, tmp_path, lost_by_raising):
     assert [m.seq for m in received] == list(range(6))
     assert [m.header["index"] for m in received if m.header["reset"]] == [1, 4]  # each reconnection is a new recording
     assert received[0].arrays["image"].shape == (24, 32)  # grayscale at the source
+
+
+def test_a_paced_file_after_a_stall_goes_on_at_real_time_without_replaying_its_backlog(synthetic_ped2, tmp_path):
+    fps = 20.0
+    camera = {"id": "paced", "source": str(synthetic_ped2 / "Test" / "Test001"), "pace": True, "fps": fps, "loop": True}
+    cfg = pipeline_config.load(write_config(tmp_path, tmp_path / "unused.onnx", [camera]))
+    frames = capture.recorded_frames(cfg.cameras[0], threading.Event())
+    for _ in range(3):
+        next(frames)
+    time.sleep(1.5)  # downstream took nothing for 30 frames' time
+    next(frames)  # the frame that was due
+    started = time.monotonic()
+    for _ in range(10):
+        next(frames)
+    # A clock fixed at the start would send the 30 frames it fell behind by at once; a camera sends 1 per 1/fps.
+    assert time.monotonic() - started >= 9.5 / fps
 
 
 @pytest.fixture

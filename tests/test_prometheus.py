@@ -26,6 +26,7 @@ from streamer.pipeline import config as pipeline_config
 from streamer.pipeline.config import free_port_base
 
 from .conftest import REPO
+from .notify_helpers import Receiver
 from .pipeline_helpers import running, short_dir, wait_for, write_config
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
@@ -59,7 +60,8 @@ def dashboard_queries() -> list[str]:
 
 @pytest.fixture(scope="module")
 def scraped(tiny_model, synthetic_ped2):
-    """`vad run` on a looping clip, and Prometheus scraping it with the shipped config."""
+    """`vad run` on a looping clip, with a notifier (a webhook), and Prometheus scraping it with the shipped config."""
+    receiver = Receiver()
     with short_dir() as run_dir:
         folder = run_dir / "prometheus"
         (folder / "targets").mkdir(parents=True)  # as the compose volume or a host's folder: there before vad run
@@ -73,7 +75,8 @@ def scraped(tiny_model, synthetic_ped2):
             run_dir,
             tiny_model,
             [camera],
-            metrics={"base_port": free_port_base(5), "targets_file": str(folder / "targets" / "vad.json")},
+            metrics={"base_port": free_port_base(6), "targets_file": str(folder / "targets" / "vad.json")},
+            notify={"webhooks": [{"url": receiver.url, "name": "ops"}]},
         )
         cfg = pipeline_config.load(config)
         port = free_port_base(1)
@@ -95,6 +98,7 @@ def scraped(tiny_model, synthetic_ped2):
             finally:
                 server.terminate()
                 server.wait(30)
+                receiver.close()
 
 
 def _ready(port: int) -> bool:

@@ -3,13 +3,18 @@
 Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
-the events socket as [b"event", JSON] (`Outbox`, `EventPublisher`). Optionally
-every frame's scores go to a JSON lines file (evaluation, benchmarks). A camera
-whose scores are all rejected is reported blind (`CameraWatch`).
+the events socket as [b"event", JSON] (`Outbox`, `EventPublisher`); each frame's
+smoothed score is published as [b"score", JSON] (not logged: a live reading for
+the notifier's MQTT score topic). Optionally every frame's scores go to a JSON
+lines file (evaluation, benchmarks). A camera whose scores are all rejected is
+reported blind (`CameraWatch`).
 
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
 events it left open are ended (reason `restart`) by the Outbox.
+
+Every frame and event is also handed to `media.EventMedia` (snapshots, score
+traces, clips; written in the background), and `retention` prunes old events.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ from . import telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
+from .links import Links
+from .media import FINISH_SECONDS, STOP_SECONDS, EventMedia, without_media
 from .messages import Message, MessageError
-from .outbox import Outbox
+from .outbox import SCORE_TOPIC, Outbox
+from .preview import PreviewReader
 from .publisher import EventPublisher
 from .reorder import Reorder
+from .retention import Retention, RetentionThread
 from .runtime import Inbox, make_socket
 from .security import curve_for
 from .watch import CameraWatch
@@ -56,7 +65,9 @@ class CameraState:
 
 
 class Alerter:
-    def __init__(self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None):
+    def __init__(
+        self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None, media: EventMedia | None = None
+    ):
         card = ModelCard.load(card_path_for(cfg.model))
         card.check_geometry()
         self.cfg = cfg
@@ -68,6 +79,7 @@ class Alerter:
         self.outbox = outbox
         self.progress = progress
         self.score_log = score_log
+        self.media = media
         model = {"method": card.method, "sha256": card.onnx_sha256}
         reached = progress.read() or {}
         self.cameras = {
@@ -163,12 +175,16 @@ class Alerter:
         patch_scores = message.arrays["patch_scores"]
         smoothed = state.smoother.update(header["score"])
         telemetry.FRAME_SCORE.labels(message.camera).set(smoothed)
+        score = {"camera": message.camera, "seq": header["seq"], "capture_time": header["t_capture"], "score": smoothed}
+        self.outbox.publish([SCORE_TOPIC, json.dumps(score).encode()])
+        level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
+        if self.count_bands is not None:
+            level = self.count_bands.level(self.threshold, header["moving"])
+        if self.media is not None:
+            self.media.frame(message.camera, header, smoothed, patch_scores, level)
 
         def boxes() -> list[dict]:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
-            level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
-            if self.count_bands is not None:
-                level = self.count_bands.level(self.threshold, header["moving"])
             return top_boxes(patch_scores, frame_boxes, level, self.cfg.alerter.max_boxes)
 
         self._emit(state.tracker.frame(position, smoothed, boxes))
@@ -192,7 +208,7 @@ class Alerter:
 
     def _emit(self, event: dict | None) -> None:
         if event is not None:
-            self.outbox.put(event)
+            self.outbox.put(self.media.event(event) if self.media is not None else without_media(event))
 
     def shutdown(self) -> None:
         """Close every open event (the log then holds an end for each start)."""
@@ -211,6 +227,16 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         if cfg.alerter.score_log:
             score_log = stack.enter_context(open(cfg.alerter.score_log, "a", buffering=1))
         publisher = EventPublisher(ctx, cfg.alerter.events_endpoint, cfg.messaging, curve)
+        publisher_links = Links(publisher.socket, "alerter")
+        media = None
+        if cfg.alerter.media.enabled:
+            media = EventMedia(
+                cfg.run_dir, cfg.alerter.media, ModelCard.load(card_path_for(cfg.model)).patch, cfg.alerter.max_boxes
+            )
+            stack.callback(PreviewReader(cfg, media.ring, curve).close)
+        retention_stop = threading.Event()
+        stack.callback(retention_stop.set)
+        RetentionThread(Retention(cfg.run_dir, cfg.alerter.event_log, cfg.alerter.retention), retention_stop).start()
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
         stop.wait(SUBSCRIBER_GRACE_SECONDS)
@@ -227,7 +253,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             cfg.alerter.max_held_events,
             os.path.join(cfg.run_dir, SPILL_FILE),
         )
-        alerter = Alerter(cfg, outbox, progress, score_log)
+        alerter = Alerter(cfg, outbox, progress, score_log, media)
         outbox.flush()  # ends the events a killed predecessor left open
         log.info(
             "alerter: threshold %.4g, events on %s, log %s",
@@ -237,6 +263,9 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         stage_time = telemetry.STAGE_SECONDS.labels("alerter", "")
         while inbox.open():
+            if curve is not None and curve.subscriber_revoked():
+                publisher.drop_subscribers()
+            publisher_links.poll()
             publisher.serve()
             message = inbox.receive()
             if message is not None:
@@ -252,6 +281,9 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
                 break
         alerter.shutdown()
         outbox.close()
+        if media is not None:
+            media.close(STOP_SECONDS if stop.is_set() else FINISH_SECONDS)
         inbox.close()
+        publisher_links.close()
         publisher.close()
     return 0

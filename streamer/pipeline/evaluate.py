@@ -35,6 +35,8 @@ def score_ped2_pipeline(
     progress: bool = True,
 ) -> tuple[list[dict], int]:
     """Per-frame records like `score_ped2`'s, and the number of test frames that were not scored."""
+    if scorers < 1:
+        raise PipelineError(f"the pipeline needs at least one scorer process to score anything, got {scorers}")
     clips = {clip.name: clip for clip in ped2.test_clips(root)}
     run_dir = Path(tempfile.mkdtemp(prefix="vad-eval-"))
     try:
@@ -45,7 +47,12 @@ def score_ped2_pipeline(
             "cameras": [{"id": "ped2", "kind": "ped2", "source": "test", "data": str(ped2.resolve_root(root))}],
             "scoring": settings.to_dict() if settings else {},
             "scorer": {"processes": scorers, "device": device, "threads": threads},
-            "alerter": {"events_endpoint": f"ipc://{run_dir}/events", "score_log": str(score_log), "exit_at_end": True},
+            "alerter": {
+                "events_endpoint": f"ipc://{run_dir}/events",
+                "score_log": str(score_log),
+                "exit_at_end": True,
+                "media": {"enabled": False},  # scores are wanted here, not pictures
+            },
             "metrics": {"enabled": False},
             "supervisor": {"restart": False},  # a restarted capture would play the clips again: fail instead
         }

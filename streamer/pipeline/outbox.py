@@ -28,7 +28,7 @@ from typing import Callable
 
 from . import telemetry
 from .events import EventLog, EventLogError, closed_by_restart, read_spill, spill
-from .publisher import EVENT_TOPIC
+from .publisher import EVENT_TOPIC, SCORE_TOPIC  # noqa: F401 (SCORE_TOPIC: the notifier's, from here)
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ listener at bind; a later change never reaches the connections it accepts):
   so one peer sending millions of distinct prefixes could grow the alerter by
   gigabytes. A message over MAX_SUBSCRIPTION_BYTES makes libzmq drop the
   connection; and a connection that sends more than NON_EVENT_BUDGET bytes that
-  can match no event (other topics, anything that is not a subscription) is cut
+  can match nothing published (topics other than TOPICS, anything that is not a
+  subscription) is cut
   (its file descriptor shut down): libzmq then frees what it kept for it. Each cut
   counts in vad_messages_rejected_total{stage="alerter", reason="subscription"}.
   So a connection costs at most about a hundred kB, however it subscribes.
@@ -28,9 +29,11 @@ so that alone never cuts a subscriber that only subscribes to events.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket as pysocket
 import struct
+import time
 
 import zmq
 
@@ -42,6 +45,8 @@ from .security import Curve
 log = logging.getLogger(__name__)
 
 EVENT_TOPIC = b"event"
+SCORE_TOPIC = b"score"  # each frame's smoothed score, published by the alerter as it goes (best effort, not logged)
+TOPICS = (EVENT_TOPIC, SCORE_TOPIC)
 HIGH_WATER_MARK = 1000  # events queued per subscriber (about 1.5 kB each) before it misses newer ones
 # A subscription is a topic prefix (ours is b"event"); the limit also covers the handshake (CURVE's is ~300 bytes).
 MAX_SUBSCRIPTION_BYTES = 512
@@ -49,7 +54,8 @@ RECEIVE_HIGH_WATER_MARK = 2  # messages queued per subscriber connection before 
 # The kernel's receive buffer of each tcp connection: what a connection still has there when it is cut is
 # read and kept by libzmq all the same, until the connection is gone.
 RECEIVE_BUFFER_BYTES = 4096
-NON_EVENT_BUDGET = 2 * RECEIVE_HIGH_WATER_MARK * MAX_SUBSCRIPTION_BYTES  # bytes matching no event, then cut
+NON_EVENT_BUDGET = 2 * RECEIVE_HIGH_WATER_MARK * MAX_SUBSCRIPTION_BYTES  # bytes matching nothing published
+REBIND_SECONDS = 2.0  # for the events endpoint to come free after dropping every subscriber
 MAX_TRACKED = 4096  # connections whose bytes are counted, before the count starts over
 SO_COOKIE = getattr(pysocket, "SO_COOKIE", 57)  # Linux's number for it (Python < 3.13 lacks the name)
 
@@ -63,6 +69,7 @@ class EventPublisher:
             bind=True,
             messaging=messaging,
             curve=curve,
+            events=True,
             # VERBOSE: every subscription message comes up to `serve`, not only the first of each prefix.
             options={
                 zmq.SNDHWM: HIGH_WATER_MARK,
@@ -91,8 +98,8 @@ class EventPublisher:
 
     def _judge(self, frame: zmq.Frame) -> None:
         data = frame.bytes
-        if data[:1] == b"\x00" or (data[:1] == b"\x01" and EVENT_TOPIC.startswith(data[1:])):
-            return  # a cancellation, or a subscription to events: nothing to hold against the sender
+        if data[:1] == b"\x00" or (data[:1] == b"\x01" and any(t.startswith(data[1:]) for t in TOPICS)):
+            return  # a cancellation, or a subscription to what is published: nothing to hold against the sender
         try:
             fd = frame.get(zmq.SRCFD)
         except zmq.ZMQError:  # no connection behind it
@@ -138,13 +145,30 @@ class EventPublisher:
         self._cuts += 1
         if self._cuts in (1, 10, 100) or self._cuts % 1000 == 0:
             log.warning(
-                "alerter: cut an events subscriber (%s) sending more than %d bytes that no event can match "
-                "(%d so far); subscribe to %r",
+                "alerter: cut an events subscriber (%s) sending more than %d bytes that nothing published can match "
+                "(%d so far); subscribe to %r or %r",
                 peer,
                 NON_EVENT_BUDGET,
                 self._cuts,
-                EVENT_TOPIC,
+                *TOPICS,
             )
+
+    def drop_subscribers(self) -> None:
+        """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
+        log.warning(
+            "alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again"
+        )
+        self.socket.unbind(self.endpoint)
+        # ZeroMQ's I/O thread closes the listener after unbind returns: until it has, the address is still taken.
+        deadline = time.monotonic() + REBIND_SECONDS
+        while True:
+            try:
+                self.socket.bind(self.endpoint)
+                return
+            except zmq.ZMQError as e:
+                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self.socket.close()

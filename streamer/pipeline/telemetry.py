@@ -19,6 +19,8 @@ them, and they double the series).
 from __future__ import annotations
 
 import logging
+import ssl
+import urllib.request
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
 
@@ -82,6 +84,28 @@ CAMERA_BLIND = Gauge(
     ["camera"],
 )
 MODEL_INFO = Info("vad_model", "The model this scorer runs")
+MEDIA_WRITTEN = Counter("vad_media_written", "Event snapshots and clips written", ["kind"])
+MEDIA_DROPPED = Counter(
+    "vad_media_dropped",
+    "Event media work not done: backlog (the media writer far behind), no_preview (the frame's preview never "
+    "reached the alerter), bad_preview (not a usable JPEG), error (a write failed: disk full, ...)",
+    ["reason"],
+)
+RETENTION_PRUNED = Counter(
+    "vad_retention_pruned_events", "Ended events whose media and log rows retention removed", ["why"]
+)
+HANDSHAKES_FAILED = Counter(
+    "vad_handshakes_failed",
+    "Refused ZeroMQ handshakes (CURVE): side 'server' when this process refused a client, 'client' when a server "
+    "refused it; reason not_authorized (key not in authorized_keys), curve_mismatch (CURVE on at one end only), "
+    "wrong_key (the hosts hold different pipeline key pairs), other",
+    ["stage", "side", "reason"],
+)
+LINKS_REFUSED = Gauge(
+    "vad_links_refused",
+    "Endpoints this process connects to that refuse its handshake right now: connected, but refused",
+    ["stage"],
+)
 
 # The supervisor's.
 # `camera`: the camera a capture or patch process serves; `index`: a scorer's number; empty where not used.
@@ -108,9 +132,36 @@ EVENTS_LOST = Counter(
     registry=None,
 )
 
+MEDIA_BACKLOG = Gauge("vad_media_backlog", "Frames waiting for the media writer and the clip encoder", registry=None)
+MEDIA_DISK_BYTES = Gauge("vad_media_disk_bytes", "Bytes of event media under RUN_DIR/snapshots", registry=None)
+
+# The notifier's, one series per destination ("mqtt", or a webhook's name).
+NOTIFY_DELIVERED = Counter(
+    "vad_notify_delivered", "Events a destination acknowledged (broker PUBACK, HTTP 2xx)", ["destination"]
+)
+NOTIFY_FAILED = Counter(
+    "vad_notify_failed",
+    "Delivery attempts that failed (connection refused or lost, timeout, HTTP error status)",
+    ["destination"],
+)
+NOTIFY_RETRIED = Counter("vad_notify_retried", "Delivery attempts made after a failed one", ["destination"])
+NOTIFY_DROPPED = Counter(
+    "vad_notify_dropped",
+    "Events given up undelivered: more than max_queue waited (queue), or older than max_age_seconds (age)",
+    ["destination", "reason"],
+)
+NOTIFY_LAG_EVENTS = Gauge(
+    "vad_notify_lag_events", "Event-log rows a destination has not taken yet (of the types it gets)", ["destination"]
+)
+NOTIFY_LAG_SECONDS = Gauge(
+    "vad_notify_lag_seconds",
+    "Age of the oldest event a destination has not taken yet; 0 when caught up",
+    ["destination"],
+)
+
 
 def register_alerter_metrics() -> None:
-    for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST):
+    for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST, MEDIA_BACKLOG, MEDIA_DISK_BYTES):
         try:
             REGISTRY.register(metric)
         except ValueError:  # already registered (an alerter run before in this process: tests)
@@ -138,6 +189,12 @@ _PER_CAMERA = {
     "alerter": [(FRAMES_DROPPED, "lost"), (CAPTURE_TO_ALERT,), (CAMERA_BLIND,)]
     + [(EVENTS, kind) for kind in EVENT_TYPES],
 }
+# And the others: (metric, labels). Links and the notifier create theirs when they start.
+_PER_STAGE = {
+    "alerter": [(MEDIA_WRITTEN, kind) for kind in ("snapshot", "clip")]
+    + [(MEDIA_DROPPED, reason) for reason in ("backlog", "no_preview", "bad_preview", "error")]
+    + [(RETENTION_PRUNED, why) for why in ("age", "disk")],
+}
 
 
 def initialise(stage: str, cameras: list[str]) -> None:
@@ -147,18 +204,62 @@ def initialise(stage: str, cameras: list[str]) -> None:
     from increase() and rate(): three restarts read as two.
     """
     camera_label = cameras[0] if stage in ("capture", "patcher") else ""
-    if stage != "capture":
+    if stage in ("patcher", "scorer", "alerter"):
         STAGE_SECONDS.labels(stage, camera_label)
         for reason in ALERTER_REJECTION_REASONS if stage == "alerter" else REJECTION_REASONS:
             MESSAGES_REJECTED.labels(stage, reason)
-    if stage != "patcher":
+    if stage in ("capture", "scorer", "alerter"):
         QUEUE_DEPTH.labels(stage, camera_label)
+    for metric, *labels in _PER_STAGE.get(stage, []):
+        metric.labels(*labels)
     for camera in cameras:
-        for metric, *labels in _PER_CAMERA[stage]:
+        for metric, *labels in _PER_CAMERA.get(stage, []):
             metric.labels(camera, *labels)
 
 
-def serve(host: str, port: int) -> None:
-    """Serve /metrics from a background thread of this process."""
-    start_http_server(port, addr=host)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+def fetch(metrics, port: int, timeout: float) -> str:
+    """The /metrics text a local process serves on `port`, over TLS as the config says; OSError if none answers.
+
+    With TLS it trusts exactly the certificate the config names (the one being served) and, with client_ca,
+    presents it as its own client certificate.
+    """
+    host = metrics.host if metrics.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    address = f"[{host}]" if ":" in host else host
+    context = None
+    if metrics.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # the certificate is pinned below, whatever name it carries
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.load_verify_locations(metrics.tls.certificate)
+        if metrics.tls.client_ca:
+            context.load_cert_chain(metrics.tls.certificate, metrics.tls.key)
+    scheme = "http" if context is None else "https"
+    url = f"{scheme}://{address}:{port}/metrics"
+    try:
+        return urllib.request.urlopen(url, timeout=timeout, context=context).read().decode()
+    except OSError as e:
+        raise OSError(f"{url} ({e})") from None
+
+
+def serve(metrics, port: int) -> None:
+    """Serve /metrics (metrics: the config's MetricsConfig) from a background thread of this process."""
+    tls = metrics.tls
+    if tls is None:
+        start_http_server(port, addr=metrics.host)
+    else:
+        start_http_server(
+            port,
+            addr=metrics.host,
+            certfile=tls.certificate,
+            keyfile=tls.key,
+            client_cafile=tls.client_ca,
+            client_auth_required=tls.client_ca is not None,
+        )
+    scheme = "http" if tls is None else "https"
+    log.info(
+        "metrics on %s://%s:%d/metrics%s",
+        scheme,
+        metrics.host,
+        port,
+        " (client certificates)" * bool(tls and tls.client_ca),
+    )
