@@ -188,3 +188,22 @@ def test_dec_refines_the_baselines_saved_sdae(synthetic_ped2, tiny_config, tmp_p
     assert dec.training["kmeans"] == baseline.training["kmeans"]  # same network, same codes, same k-means
     with pytest.raises(ValueError, match="holds layers"):
         run("dec", checkpoint=checkpoint, bottleneck=5)
+
+
+@pytest.mark.parametrize("method", ["nre", "dec", "ics"])
+def test_same_seed_same_bytes_other_seed_other_network(method, synthetic_ped2, tiny_config, tmp_path):
+    """A seed and a thread count fix the network: the exported graphs are byte for byte the same."""
+    from training.train import train_model
+
+    def run(name, seed):
+        overrides = {"method": method, "seed": seed, "data": {"root": str(synthetic_ped2)}, "out": str(tmp_path / name)}
+        card = train_model(config.load(tiny_config, TrainConfig, {**overrides, **METHOD_SETTINGS}), progress=False)
+        return card, (tmp_path / name).with_suffix(".onnx").read_bytes(), (tmp_path / card.encoder["file"]).read_bytes()
+
+    first, graph, encoder = run("first", seed=0)
+    again, graph_again, encoder_again = run("again", seed=0)
+    _, other_graph, _ = run("other", seed=1)
+    assert graph == graph_again and encoder == encoder_again
+    assert again.onnx_sha256 == first.onnx_sha256 and again.scoring.threshold == first.scoring.threshold
+    assert other_graph != graph
+    assert (first.training["seed"], first.training["threads"]) == (0, 1)  # tiny_config asks for one thread

@@ -120,7 +120,9 @@ class TrainConfig:
     method: Literal["ae", "nre", "sdae_kmeans", "dec", "ics"]
     out: str = "runs/model"  # writes OUT.onnx and OUT.json
     seed: int = 0
-    threads: int = 0  # torch threads; 0 = all cores
+    # Torch threads. Fixed, so that a seed gives the same network on every machine with the same kind of
+    # CPU; 0 = all cores (faster on big machines, but the network then depends on their count).
+    threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     patches: PatchSpec = field(default_factory=PatchSpec)  # frame_size: null takes the training frames' size
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

@@ -77,10 +77,12 @@ def check_parity(module: torch.nn.Module, session, patches: np.ndarray, toleranc
     return {"patches": int(len(patches)), "max_abs_diff": diff, "tolerance": bound}
 
 
-def export_encoder(encoder: torch.nn.Module, path: Path, spec: PatchSpec, patches: np.ndarray) -> dict:
+def export_encoder(
+    encoder: torch.nn.Module, path: Path, spec: PatchSpec, patches: np.ndarray, threads: int = 0
+) -> dict:
     """Write the patches -> latents graph next to the model and check it against PyTorch; its card entry."""
     export_onnx(encoder, path, spec, output="latents")
-    session, _ = create_session(path, device="cpu")
+    session, _ = create_session(path, device="cpu", threads=threads)
     with torch.no_grad():
         encoder.eval()
         reference = encoder(as_float(patches)).numpy()
@@ -201,12 +203,13 @@ def export_model(
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
     seed: int = 0,
+    threads: int = 0,
 ) -> ModelCard:
     """Write OUT.onnx and OUT.json (and OUT.encoder.onnx, patches -> latents, given an encoder); return the card."""
     out_path = Path(out_path).with_suffix(".onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(module, out_path, spec)
-    session, _ = create_session(out_path, device="cpu")
+    session, _ = create_session(out_path, device="cpu", threads=threads)
     rng = np.random.default_rng(seed)
     pick = rng.choice(
         len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
@@ -215,7 +218,7 @@ def export_model(
     encoder_entry = None
     if encoder is not None:
         encoder_path = out_path.with_suffix(".encoder.onnx")
-        encoder_entry = export_encoder(encoder, encoder_path, spec, calibration_data.patches[np.sort(pick)])
+        encoder_entry = export_encoder(encoder, encoder_path, spec, calibration_data.patches[np.sort(pick)], threads)
     data = calibration_data
     raw = session_scores(session, data.patches).reshape(data.frames, data.positions)  # the exported graph's own scores
     result = calibrate(
