@@ -207,3 +207,54 @@ def test_same_seed_same_bytes_other_seed_other_network(method, synthetic_ped2, t
     assert again.onnx_sha256 == first.onnx_sha256 and again.scoring.threshold == first.scoring.threshold
     assert other_graph != graph
     assert (first.training["seed"], first.training["threads"]) == (0, 1)  # tiny_config asks for one thread
+
+
+def test_float16_weights_halve_the_graph_and_keep_its_scores(tmp_path):
+    from onnx import TensorProto, load
+
+    from training.export import ExportError, halve_weights, store_weights_as_float16
+
+    torch.manual_seed(0)
+    module = CentroidDistance(SDAEEncoder(SDAE(1800, (64, 64, 128), 10)), torch.randn(5, 10))
+    full, half = tmp_path / "full.onnx", tmp_path / "half.onnx"
+    export_onnx(module, full, PatchSpec(motion="flow"))
+    export_onnx(module, half, PatchSpec(motion="flow"))
+    assert store_weights_as_float16(half) == 4  # the four weight matrices; biases and centroids stay float32
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    large = {t.name for t in load(str(full)).graph.initializer if np.prod(t.dims) >= 1024}
+    stored = {t.name: t.data_type for t in load(str(half)).graph.initializer}
+    assert len(large) == 4 and {n for n, t in stored.items() if t == TensorProto.FLOAT16} == {
+        f"{n}.float16" for n in large
+    }
+    patches = np.random.default_rng(1).integers(0, 256, (300, 2, 30, 30), dtype=np.uint8)
+    session, _ = create_session(half, device="cpu")
+    assert check_parity(module, session, patches, tolerance=1e-2)["max_abs_diff"] > 0  # rounded, but close
+
+    export_onnx(module, half, PatchSpec(motion="flow"))
+    session, _ = create_session(half, device="cpu")
+    _, entry = halve_weights(half, session, patches, quantile=0.99, tolerance=0.01)
+    assert 0 < entry["max_calibrated_diff"] <= 0.01 and entry["tensors"] == 4
+    export_onnx(module, half, PatchSpec(motion="flow"))
+    with pytest.raises(ExportError, match="float16 weights move patch scores"):
+        halve_weights(half, create_session(half, device="cpu")[0], patches, quantile=0.99, tolerance=1e-9)
+
+
+def test_float16_export_of_a_trained_model(synthetic_ped2, tiny_config, tmp_path):
+    """The same seed exported both ways: the same network, half the bytes, the same operating point."""
+    from training.train import train_model
+
+    def run(weights):
+        overrides = {"method": "sdae_kmeans", "data": {"root": str(synthetic_ped2)}, "out": str(tmp_path / weights)}
+        overrides.update(METHOD_SETTINGS, export={"weights": weights})
+        return train_model(config.load(tiny_config, TrainConfig, overrides), progress=False)
+
+    full, half = run("float32"), run("float16")
+    assert "float16" not in full.parity and half.parity["float16"]["max_calibrated_diff"] <= 0.01
+    assert half.encoder["weights"] == "float16" and full.encoder["weights"] == "float32"
+    for name in ("float16.onnx", "float16.encoder.onnx"):
+        assert (tmp_path / name).stat().st_size < 0.55 * (tmp_path / name.replace("16", "32")).stat().st_size
+    assert half.scoring.threshold == pytest.approx(full.scoring.threshold, rel=1e-2)
+    scores = PatchModel(tmp_path / "float16.onnx", device="cpu").raw_scores(
+        np.random.default_rng(0).integers(0, 256, (16, 2, 30, 30), dtype=np.uint8)
+    )
+    assert np.isfinite(scores).all()

@@ -109,10 +109,16 @@ class ExportConfig:
     gate_max_hidden: float | None = None  # None: no motion gate; else see training.export.fit_gate
     count_bands: int = 0  # 0: none; else frame scores calibrated in up to this many bands of the moving-patch count
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    # float16: the graphs store their weights at half the size, cast back to float32 inside the graph. The export
+    # fails if a patch score on real patches moves by more than float16_tolerance of the normal score spread.
+    weights: Literal["float32", "float16"] = "float32"
+    float16_tolerance: float = 0.01
 
     def __post_init__(self):
         if self.count_bands < 0:
             raise ValueError(f"count_bands must be >= 0, got {self.count_bands}")
+        if not self.float16_tolerance > 0:
+            raise ValueError(f"float16_tolerance must be > 0, got {self.float16_tolerance}")
 
 
 @dataclass

@@ -174,6 +174,8 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         encoder=trained.encoder,
         seed=cfg.seed,
         threads=torch.get_num_threads(),
+        weights=export.weights,
+        float16_tolerance=export.float16_tolerance,
     )
     if validation:
         model = PatchModel(out, device="cpu", threads=torch.get_num_threads())
