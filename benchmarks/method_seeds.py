@@ -200,7 +200,7 @@ def schedule(runs: list[Run], data: str | None, jobs: int) -> tuple[dict[str, di
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {}
         while pending or running:
-            for run in [r for r in pending if len(running) < jobs and (r.after is None or r.after.label in results)]:
+            for run in [r for r in pending if r.after is None or r.after.label in results][: jobs - len(running)]:
                 pending.remove(run)
                 log.info("start %s", run.label)
                 running[pool.submit(execute, run, data)] = run

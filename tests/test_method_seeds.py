@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import sys
 
 import pytest
@@ -17,12 +18,19 @@ def load_script():
     return module
 
 
-def test_seeds_are_trained_scored_summarised_and_the_median_bundled(synthetic_ped2, tiny_config, tmp_path, capsys):
+def test_seeds_are_trained_scored_summarised_and_the_median_bundled(
+    synthetic_ped2, tiny_config, tmp_path, capsys, caplog
+):
+    caplog.set_level(logging.INFO, logger="method_seeds")
     seeds = load_script()
     out, bundled = tmp_path / "seeds", tmp_path / "bundle"
     args = [str(tiny_config), "--seeds", "0", "1", "2", "--data", str(synthetic_ped2), "--out", str(out)]
     assert seeds.main([*args, "--bundle", str(bundled)]) == 0
     printed = capsys.readouterr().out
+    running = 0
+    for record in caplog.records:  # one run at a time (--jobs 1)
+        running += record.getMessage().startswith("start ") - record.getMessage().startswith("done ")
+        assert running <= 1
     entry = json.loads((out / "summary.json").read_text())["tiny"]
     assert entry["seeds"] == [0, 1, 2] and entry["threads"] == [1]
     runs = {r["seed"]: r for r in entry["runs"]}
