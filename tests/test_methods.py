@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from streamer import config
 from streamer.model import PatchModel, create_session
@@ -12,7 +13,16 @@ from streamer.patches import PatchSpec
 from training.config import TrainConfig
 from training.dec import CentroidDistance, kl_divergence, soft_assignment, target_distribution
 from training.export import check_parity, export_onnx
-from training.ics import ICSLoss, ICSNet, closeness_loss, dispersion_loss, intra_class_loss, split_atypical
+from training.ics import (
+    ICSLoss,
+    ICSNet,
+    classification_loss,
+    closeness_loss,
+    dispersion_loss,
+    intra_class_loss,
+    split_atypical,
+)
+from training.loops import mean_loss
 from training.nets import ConvAutoencoder
 from training.sdae import SDAE, SDAEEncoder
 from training.ssim import C1, ssim
@@ -97,21 +107,40 @@ def test_ssim_by_hand():
     assert float(ssim(x, y)) == pytest.approx((1 + luminance) / 2, rel=1e-4)  # channel mean
 
 
-def test_ics_loss_takes_the_three_losses_in_turn():
+def test_ics_loss_alternates_the_pair_step_and_a_balanced_classification_step():
     torch.manual_seed(0)
     net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)
     patches = np.random.default_rng(0).integers(0, 256, (10, 1, 30, 30), dtype=np.uint8)
     atypical = np.arange(10) < 3
     loss = ICSLoss(net, patches, atypical, np.random.default_rng(0))
-    idx = np.arange(10)
-    got = [loss(idx).item() for _ in range(3)]
+    got = [loss(np.arange(8)).item() for _ in range(2)]  # batches of 8: 4 pairs of each class, then 4 + 4 patches
+
+    rng = np.random.default_rng(0)  # the same draws, by hand
+    typical, atypical_idx = np.flatnonzero(~atypical), np.flatnonzero(atypical)
     with torch.no_grad():
-        z = net.features(torch.from_numpy(patches).float() / 255)
-        expected_bce = float(intra_class_loss(net.atypicality_logit(z), torch.from_numpy(atypical)))
-    assert got[1] == pytest.approx(expected_bce, rel=1e-5)
-    assert got[0] > 0 and got[2] > 0
+
+        def z(idx):
+            return net.features(torch.from_numpy(patches[idx]).float() / 255)
+
+        (ti, tj), (ai, aj) = rng.choice(typical, size=(2, 4)), rng.choice(atypical_idx, size=(2, 4))
+        pairs = closeness_loss(net.distance_logit(z(ti), z(tj))) + dispersion_loss(net.distance_logit(z(ai), z(aj)))
+        picked = np.concatenate([rng.choice(typical, size=4), rng.choice(atypical_idx, size=4)])
+        bce = intra_class_loss(net.atypicality_logit(z(picked)), torch.tensor([0] * 4 + [1] * 4))
+    assert got == pytest.approx([float(pairs), float(bce)], rel=1e-5)
     with pytest.raises(ValueError, match="both typical and atypical"):
         ICSLoss(net, patches, np.zeros(10, bool), np.random.default_rng(0))
+
+
+def test_ics_validation_loss_weighs_both_classes_alike():
+    torch.manual_seed(0)
+    net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)
+    patches = np.random.default_rng(0).integers(0, 256, (8, 1, 30, 30), dtype=np.uint8)
+    atypical = np.arange(8) < 2
+    with torch.no_grad():
+        logits = net.atypicality_logit(net.features(torch.from_numpy(patches).float() / 255))
+        each = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(atypical).float(), reduction="none")
+    balanced = (each[atypical].mean() + each[~atypical].mean()) / 2
+    assert mean_loss(classification_loss(net, patches, atypical), 8, 3) == pytest.approx(float(balanced), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["sdae_kmeans", "ics"])
