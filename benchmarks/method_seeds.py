@@ -11,7 +11,8 @@ Then, per config: the mean, the sample standard deviation and the min-max over t
 pooled EER and AUC, the per-video min-max EER and AUC (non-causal), the recall and the false-alarm rate
 at the card's threshold, the speed-proxy EER of the card, and the training time. The median seed is the
 one whose pooled EER is the median (of an even count, the lower of the two middle ones). `--bundle DIR`
-copies each config's median-seed model, card and encoder graph into DIR. OUT/summary.json holds it all.
+copies each config's median-seed model, card and encoder graph into DIR. OUT/summary.json holds it all,
+OUT/summary.md the table in Markdown.
 
 A DEC config that refines the SDAE another given config trains (its sdae.checkpoint is that config's
 `out` + .sdae.npz, as configs/dec_ped2.yaml names configs/sdae_kmeans_ped2.yaml's) refines the SDAE of
@@ -40,16 +41,16 @@ from training.config import TrainConfig
 
 log = logging.getLogger("method_seeds")
 
-# (key in result.json, label, shown as a percentage)
+# (key in result.json, label, scale, unit, decimals)
 FIGURES = [
-    ("eer", "causal pooled EER", True),
-    ("auc", "causal pooled AUC", False),
-    ("eer_normalized", "per-video EER (non-causal)", True),
-    ("auc_normalized", "per-video AUC (non-causal)", False),
-    ("recall", "recall at threshold", True),
-    ("false_alarm_rate", "false alarms at threshold", True),
-    ("proxy_eer", "speed-proxy EER (training data)", True),
-    ("train_minutes", "training minutes", False),
+    ("eer", "causal pooled EER", 100, " %", 2),
+    ("auc", "causal pooled AUC", 1, "", 3),
+    ("eer_normalized", "per-video EER (non-causal)", 100, " %", 2),
+    ("auc_normalized", "per-video AUC (non-causal)", 1, "", 3),
+    ("recall", "recall at threshold", 100, " %", 1),
+    ("false_alarm_rate", "false alarms at threshold", 100, " %", 2),
+    ("proxy_eer", "speed-proxy EER (training data)", 100, " %", 2),
+    ("train_minutes", "training minutes", 1, "", 1),
 ]
 
 
@@ -270,13 +271,10 @@ def summarize(runs: list[Run], results: dict[str, dict]) -> dict:
     return summary
 
 
-def cell(stats: dict, percent: bool) -> str:
-    scale, unit, digits = (100, " %", 2) if percent else (1, "", 3)
+def cell(stats: dict, scale: float, unit: str, digits: int) -> str:
     sd = "n/a" if stats["sd"] is None else f"{scale * stats['sd']:.{digits}f}"
-    return (
-        f"{scale * stats['mean']:.{digits}f} ± {sd}{unit} "
-        f"({scale * stats['min']:.{digits}f}–{scale * stats['max']:.{digits}f})"
-    )
+    low, high = scale * stats["min"], scale * stats["max"]
+    return f"{scale * stats['mean']:.{digits}f} ± {sd}{unit} ({low:.{digits}f}–{high:.{digits}f})"
 
 
 def print_summary(summary: dict) -> None:
@@ -285,12 +283,25 @@ def print_summary(summary: dict) -> None:
         seeds = " ".join(map(str, entry["seeds"]))
         threads = "/".join(map(str, entry["threads"]))
         print(f"\n{name} ({entry['method']}): seeds {seeds}, {threads} thread(s); median seed {entry['median_seed']}")
-        for key, label, percent in FIGURES:
+        for key, label, *style in FIGURES:
             if key in entry["figures"]:
-                print(f"  {label:<34}{cell(entry['figures'][key], percent)}")
+                print(f"  {label:<34}{cell(entry['figures'][key], *style)}")
         print(
             "  per seed, causal pooled EER: " + ", ".join(f"{r['seed']}: {100 * r['eer']:.2f} %" for r in entry["runs"])
         )
+
+
+def markdown_table(summary: dict) -> str:
+    """The figures as a Markdown table, one row per config: mean ± sd (min–max) over the seeds."""
+    shown = [f for f in FIGURES if any(f[0] in e["figures"] for e in summary.values())]
+    lines = [
+        "| config | seeds | " + " | ".join(label for _, label, *_ in shown) + " |",
+        "|---" * (len(shown) + 2) + "|",
+    ]
+    for name, entry in summary.items():
+        cells = [cell(entry["figures"][key], *style) if key in entry["figures"] else "" for key, _, *style in shown]
+        lines.append(f"| {name} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def bundle(summary: dict, target: Path) -> None:
@@ -328,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / "summary.md").write_text(markdown_table(summary))
     print_summary(summary)
     if failed:
         print(f"\nfailed: {', '.join(failed)} (see train.log and eval.log in their folders)", file=sys.stderr)

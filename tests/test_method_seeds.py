@@ -43,6 +43,9 @@ def test_seeds_are_trained_scored_summarised_and_the_median_bundled(
         assert run["report"].endswith("report.json") and len(report["frames"]) == 40
         assert run["recall"] == report["at_threshold"]["recall"]
     assert "mean ± sample standard deviation (min–max)" in printed and f"median seed {entry['median_seed']}" in printed
+    eer = {k: 100 * v for k, v in entry["figures"]["eer"].items()}
+    row = f"| tiny | 3 | {eer['mean']:.2f} ± {eer['sd']:.2f} % ({eer['min']:.2f}–{eer['max']:.2f}) |"
+    assert row in (out / "summary.md").read_text()
     card = json.loads((bundled / "tiny.json").read_text())
     assert card["training"]["seed"] == entry["median_seed"] and (bundled / card["encoder"]["file"]).is_file()
     assert card["onnx_sha256"] == runs[entry["median_seed"]]["onnx_sha256"]
