@@ -30,7 +30,7 @@ from .loops import as_float
 log = logging.getLogger(__name__)
 
 OPSET = 17
-# With export weights: float16, tensors smaller than this (biases, centroids) stay float32: they weigh little.
+# With export weights: float16, tensors smaller than this (most biases, the centroids) stay float32: they weigh little.
 FLOAT16_MIN_ELEMENTS = 1024
 
 
