@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from streamer import config
+from training.checks import checked_config
 from training.config import TrainConfig
 
 log = logging.getLogger("method_seeds")
@@ -128,7 +129,7 @@ def finished(run: Run) -> dict | None:
         return None
 
 
-def prepare(run: Run) -> None:
+def prepare(run: Run, data: str | None = None) -> None:
     """Write the run's config.yaml; refuse a folder that holds a run of another config."""
     run.folder.mkdir(parents=True, exist_ok=True)
     path = run.folder / "config.yaml"
@@ -138,7 +139,7 @@ def prepare(run: Run) -> None:
             f"{run.folder} holds a run of another config (its config.yaml differs): choose another --out or remove it"
         )
     path.write_text(text)
-    config.load(path, TrainConfig)  # as `vad train` will read it
+    checked_config(path, {"data": {"root": data}} if data else None)  # as `vad train` will check it, data and files
 
 
 def vad(args: list[str], log_file: Path) -> None:
@@ -152,7 +153,7 @@ def vad(args: list[str], log_file: Path) -> None:
 
 def execute(run: Run, data: str | None) -> dict:
     """Train, evaluate, and write result.json: the run's figures and where its per-frame report is."""
-    prepare(run)
+    prepare(run, data)
     started = time.perf_counter()
     data_args = ["--data", data] if data else []
     vad(

@@ -76,13 +76,14 @@ def test_dec_refines_the_sdae_of_its_own_seed(tmp_path):
         seeds.plan([dec], [0], 1, tmp_path / "out")
 
 
-def test_median_seed_and_a_folder_of_another_config(tmp_path):
+def test_median_seed_and_a_folder_of_another_config(synthetic_ped2, tmp_path):
     seeds = load_script()
     rows = [{"seed": s, "eer": e} for s, e in [(0, 0.2), (1, 0.1), (2, 0.4), (3, 0.3)]]
     assert seeds.median_seed(rows)["seed"] == 0  # even count: the lower middle one
     assert seeds.median_seed(rows[:3])["seed"] == 0
-    run = seeds.Run("x", "ae", 0, tmp_path / "x", {"method": "ae", "seed": 0})
-    seeds.prepare(run)
+    cfg = {"method": "ae", "seed": 0, "out": str(tmp_path / "x" / "x"), "data": {"validation_clips": ["Train003"]}}
+    run = seeds.Run("x", "ae", 0, tmp_path / "x", cfg)
+    seeds.prepare(run, str(synthetic_ped2))
     run.config["seed"] = 5
     with pytest.raises(RuntimeError, match="holds a run of another config"):
-        seeds.prepare(run)
+        seeds.prepare(run, str(synthetic_ped2))
