@@ -131,6 +131,16 @@ def test_ics_loss_alternates_the_pair_step_and_a_balanced_classification_step():
         ICSLoss(net, patches, np.zeros(10, bool), np.random.default_rng(0))
 
 
+def test_ics_scores_the_logit_which_float32_does_not_round_to_a_ceiling():
+    torch.manual_seed(0)
+    net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)
+    with torch.no_grad():
+        net.head.bias.fill_(30.0)  # confidently atypical patches
+        scores = net(torch.rand(2, 1, 30, 30))
+    assert torch.sigmoid(scores).eq(1.0).all()  # as probabilities both would be exactly 1
+    assert scores[0] != scores[1]
+
+
 def test_ics_validation_loss_weighs_both_classes_alike():
     torch.manual_seed(0)
     net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)

@@ -60,10 +60,10 @@ def fit_method(
         net, details["ics"] = train_ics(cfg.ics, autoencoder, train, val, rng, progress)
         network = {
             "splitting_autoencoder": autoencoder.config,
-            "classifier": "autoencoder encoder -> z -> dense -> sigmoid",
+            "classifier": "autoencoder encoder -> z -> dense (the logit of a sigmoid classifier)",
         }
         return Trained(
-            net, net.features, network, details, "predicted atypicality sigmoid(head(z)) of the ICS classifier"
+            net, net.features, network, details, "log-odds of atypicality head(z) of the ICS classifier"
         )
     if cfg.method == "nre":
         autoencoder, details["nre"] = train_nre(cfg.nre, autoencoder, train, val, rng, cfg.seed, progress)
