@@ -122,7 +122,24 @@ def plan(config_paths: list[Path], seeds: list[int], threads: int | None, out: P
     return sorted(runs.values(), key=lambda r: (r.after is not None, r.name, r.seed))
 
 
+class RunFolderError(RuntimeError):
+    pass
+
+
+def check_folder(run: Run) -> str:
+    """The run's config.yaml text; RunFolderError if its folder holds a run of another config."""
+    text = yaml.safe_dump(run.config, sort_keys=False)
+    path = run.folder / "config.yaml"
+    if path.is_file() and path.read_text() != text:
+        raise RunFolderError(
+            f"{run.folder} holds a run of another config (its config.yaml differs): choose another --out or remove it"
+        )
+    return text
+
+
 def finished(run: Run) -> dict | None:
+    """The figures of a run finished before, with the config planned now; None if it has not finished."""
+    check_folder(run)
     try:
         return json.loads(run.result_file.read_text())
     except (OSError, json.JSONDecodeError):
@@ -130,16 +147,11 @@ def finished(run: Run) -> dict | None:
 
 
 def prepare(run: Run, data: str | None = None) -> None:
-    """Write the run's config.yaml; refuse a folder that holds a run of another config."""
+    """Write the run's config.yaml and check it as `vad train` will, its data and files with it."""
+    text = check_folder(run)
     run.folder.mkdir(parents=True, exist_ok=True)
-    path = run.folder / "config.yaml"
-    text = yaml.safe_dump(run.config, sort_keys=False)
-    if path.is_file() and path.read_text() != text:
-        raise RuntimeError(
-            f"{run.folder} holds a run of another config (its config.yaml differs): choose another --out or remove it"
-        )
-    path.write_text(text)
-    checked_config(path, {"data": {"root": data}} if data else None)  # as `vad train` will check it, data and files
+    (run.folder / "config.yaml").write_text(text)
+    checked_config(run.folder / "config.yaml", {"data": {"root": data}} if data else None)
 
 
 def vad(args: list[str], log_file: Path) -> None:
@@ -334,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         runs = plan(args.configs, args.seeds, args.threads, args.out)
-    except config.ConfigError as e:
+        results, failed = schedule(runs, args.data, args.jobs)
+    except (config.ConfigError, RunFolderError) as e:
         raise SystemExit(str(e)) from None
-    results, failed = schedule(runs, args.data, args.jobs)
     summary = summarize(runs, results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

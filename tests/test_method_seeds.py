@@ -85,5 +85,8 @@ def test_median_seed_and_a_folder_of_another_config(synthetic_ped2, tmp_path):
     run = seeds.Run("x", "ae", 0, tmp_path / "x", cfg)
     seeds.prepare(run, str(synthetic_ped2))
     run.config["seed"] = 5
-    with pytest.raises(RuntimeError, match="holds a run of another config"):
+    with pytest.raises(seeds.RunFolderError, match="holds a run of another config"):
         seeds.prepare(run, str(synthetic_ped2))
+    (run.folder / "result.json").write_text("{}")
+    with pytest.raises(seeds.RunFolderError):  # nor is a finished run of another config taken as this one's
+        seeds.finished(run)
