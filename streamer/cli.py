@@ -66,6 +66,11 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
+    point = report["at_threshold"]
+    print(
+        f"at threshold {point['threshold']:.4g}:          recall {point['recall']:.2%} of anomalous frames, "
+        f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
+    )
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
     skipped = report["frames_skipped"]
