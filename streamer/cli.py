@@ -64,6 +64,12 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
+    flagged = report["at_threshold"]
+    print(
+        f"at the threshold {flagged['threshold']:.3f}: recall {flagged['recall']:.1%} of abnormal frames, "
+        f"false alarms on {flagged['false_alarm_rate']:.2%} of normal frames; recall by clip "
+        + ", ".join(f"{clip} {recall:.0%}" for clip, recall in flagged["recall_by_clip"].items())
+    )
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
     return 0

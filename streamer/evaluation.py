@@ -72,6 +72,21 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def at_threshold(records: list[dict], threshold: float) -> dict:
+    """What the daemon would have flagged at the card's threshold: recall, false alarms, recall by clip."""
+    alarm = np.array([r["score"] >= threshold for r in records])
+    labels = np.array([r["label"] for r in records], dtype=bool)
+    videos = np.array([r["video"] for r in records])
+    return {
+        "threshold": threshold,
+        "recall": float(alarm[labels].mean()) if labels.any() else None,
+        "false_alarm_rate": float(alarm[~labels].mean()) if (~labels).any() else None,
+        "recall_by_clip": {
+            str(v): float(alarm[labels & (videos == v)].mean()) for v in dict.fromkeys(videos[labels]).keys()
+        },
+    }
+
+
 def draw_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str], path: Path) -> None:
     """A plain ROC plot with OpenCV (no plotting dependency)."""
     size, margin = 560, 60
@@ -172,6 +187,7 @@ def evaluate_ped2(
         records, skipped = score_ped2(model, data, settings, progress)
     seconds = time.perf_counter() - started
     summary = summarize(records)
+    scoring = settings or model.card.scoring
     report = {
         "model": str(model_path),
         "method": model.card.method,
@@ -183,7 +199,8 @@ def evaluate_ped2(
         "eer_normalized": summary["eer_normalized"],
         "auc_normalized": summary["auc_normalized"],
         "normalized_protocol": "non-causal: scores min-max normalised within each test clip",
-        "scoring": (settings or model.card.scoring).to_dict(),
+        "scoring": scoring.to_dict(),
+        "at_threshold": at_threshold(records, scoring.threshold),
         "frames_scored": len(records),
         "frames_skipped": skipped,
         # label-free: how much of the test set is busier than the training clips (None: the card does not say)

@@ -26,6 +26,12 @@ def test_eval_cli_writes_report_and_roc(tiny_model, synthetic_ped2, tmp_path, ca
     frames = report["frames"]
     assert len(frames) == 40 and frames[0] == {**frames[0], "video": "Test001", "frame": 1, "label": 0}
     assert [f["label"] for f in frames[:20]] == [0] * 10 + [1] * 10
+    flagged = report["at_threshold"]
+    assert flagged["threshold"] == ModelCard.load(card_path_for(tiny_model)).scoring.threshold
+    for label, rate in ((1, flagged["recall"]), (0, flagged["false_alarm_rate"])):
+        scores = [f["score"] for f in frames if f["label"] == label]
+        assert rate == sum(s >= flagged["threshold"] for s in scores) / len(scores)
+    assert set(flagged["recall_by_clip"]) == {"Test001", "Test002"} and "recall by clip Test001" in printed
     roc = cv2.imread(str(out / "roc.png"))
     assert roc is not None and roc.shape[0] > 100
     # A model trained on slow movers must notice the fast one in this easy synthetic case.
