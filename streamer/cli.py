@@ -13,7 +13,7 @@ from .model import BUNDLED_MODEL
 
 log = logging.getLogger("vad")
 
-TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics")
+TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics", "crossmodal")
 ALERT_MAX_BYTES = 1 << 20  # an event is a few kB; a larger message from the publisher is refused by libzmq
 
 

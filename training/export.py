@@ -198,6 +198,7 @@ def export_model(
     gate_max_hidden: float | None = None,
     count_bands: int = 0,
     parity_patches: int = 4096,
+    parity_tolerance: float = 1e-5,
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
     seed: int = 0,
@@ -211,7 +212,7 @@ def export_model(
     pick = rng.choice(
         len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
     )
-    parity = check_parity(module, session, calibration_data.patches[np.sort(pick)])
+    parity = check_parity(module, session, calibration_data.patches[np.sort(pick)], parity_tolerance)
     encoder_entry = None
     if encoder is not None:
         encoder_path = out_path.with_suffix(".encoder.onnx")
