@@ -15,7 +15,7 @@ from .model import BUNDLED_MODEL
 
 log = logging.getLogger("vad")
 
-TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics")
+TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics", "crossmodal")
 ALERT_MAX_BYTES = 1 << 20  # an event is a few kB; a larger message from the publisher is refused by libzmq
 
 
@@ -66,6 +66,12 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
+    point = report["at_threshold"]
+    print(
+        f"at threshold {point['threshold']:.4g}:          recall {point['recall']:.2%} of anomalous frames, "
+        f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
+    )
+    print("recall by clip:  " + ", ".join(f"{clip} {recall:.0%}" for clip, recall in point["recall_by_clip"].items()))
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
     skipped = report["frames_skipped"]

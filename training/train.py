@@ -18,10 +18,12 @@ from streamer.patches import PatchSpec
 from . import data as training_data
 from .autoencoder import train_autoencoder
 from .config import TrainConfig
+from .crossmodal import train_crossmodal
 from .dec import CentroidDistance, initial_centroids, refine
+from .density import density_scorer
 from .export import export_model
 from .ics import train_ics
-from .loops import seed_everything
+from .loops import reproducible
 from .nets import ReconstructionScore
 from .nre import train_nre
 from .sdae import SDAEEncoder, load_sdae, save_sdae, train_sdae
@@ -43,6 +45,9 @@ class Trained:
     network: dict
     details: dict
     score_description: str
+    # ONNX against PyTorch, relative to the largest score. Distances between codes magnify the encoder's float32
+    # rounding (onnxruntime's and PyTorch's convolutions round differently) by the code's size over the distance.
+    parity_tolerance: float = 1e-5
 
 
 RECONSTRUCTION = "mean squared reconstruction error per patch"
@@ -54,17 +59,22 @@ def fit_method(
     """Train cfg.method's networks on the training patches (val: held-out normal patches)."""
     if cfg.method in ("sdae_kmeans", "dec"):
         return fit_centroid_method(cfg, channels, train, val, rng, progress)
+    if cfg.method == "crossmodal":
+        spec = cfg.patches
+        if not spec.appearance or spec.appearance_mask or spec.motion not in ("flow", "flowbins"):
+            raise ValueError("crossmodal needs patches with the plain appearance channel and flow motion channels")
+        score, history = train_crossmodal(cfg.autoencoder, channels, train, val, rng, progress)
+        description = "mean squared error of the motion channels predicted from the appearance channel"
+        return Trained(score, score.encoder, score.network.config, {"crossmodal_history": history}, description)
     autoencoder, history = train_autoencoder(cfg.autoencoder, channels, train, val, rng, progress)
     details = {"autoencoder_history": history}
     if cfg.method == "ics":
         net, details["ics"] = train_ics(cfg.ics, autoencoder, train, val, rng, progress)
         network = {
             "splitting_autoencoder": autoencoder.config,
-            "classifier": "autoencoder encoder -> z -> dense -> sigmoid",
+            "classifier": "autoencoder encoder -> z -> dense (the logit of a sigmoid classifier)",
         }
-        return Trained(
-            net, net.features, network, details, "predicted atypicality sigmoid(head(z)) of the ICS classifier"
-        )
+        return Trained(net, net.features, network, details, "log-odds of atypicality head(z) of the ICS classifier")
     if cfg.method == "nre":
         autoencoder, details["nre"] = train_nre(cfg.nre, autoencoder, train, val, rng, cfg.seed, progress)
     return Trained(ReconstructionScore(autoencoder), autoencoder.encoder, autoencoder.config, details, RECONSTRUCTION)
@@ -94,11 +104,29 @@ def fit_centroid_method(
     return Trained(CentroidDistance(encoder, centroids), encoder, network, details, description)
 
 
+def with_density(cfg: TrainConfig, trained: Trained, train: np.ndarray, val: np.ndarray, rng) -> Trained:
+    """The method's networks scored by density in its encoder's space (alone, or fused with its own score)."""
+    fused = cfg.density.score == "fused"
+    scorer, details = density_scorer(
+        trained.scorer, trained.encoder, train, val, cfg.density.bank, cfg.density.neighbours, fused, rng
+    )
+    density = (
+        f"mean squared distance of the patch's code to its {cfg.density.neighbours} nearest "
+        f"of {details['bank']} normal training codes"
+    )
+    description = f"{trained.score_description} / its spread + {density} / its spread" if fused else density
+    return replace(
+        trained,
+        scorer=scorer,
+        details={**trained.details, "density": details},
+        score_description=description,
+        parity_tolerance=1e-4,
+    )
+
+
 def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     started = time.perf_counter()
-    rng = seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    rng = reproducible(cfg.seed, cfg.threads)
     folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
     fitting, validation = training_data.split_clips(folders, cfg.data.validation_clips)
     spec = build_spec(cfg, folders[0][1])
@@ -121,6 +149,8 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     log.info("training on %d patches, validating on %d", len(train), len(val))
 
     trained = fit_method(cfg, spec.channels, train, val, rng, progress)
+    if cfg.density.score != "own":
+        trained = with_density(cfg, trained, train, val, rng)
     fit_seconds = time.perf_counter() - started
 
     training = {
@@ -136,6 +166,10 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         "seconds": round(fit_seconds, 1),
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        # what the network depends on: the same seed, threads and CPU kind give the same bytes
+        "seed": cfg.seed,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         **trained.details,
     }
     out = Path(cfg.out).with_suffix(".onnx")
@@ -156,9 +190,14 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         score_description=trained.score_description,
         encoder=trained.encoder,
         seed=cfg.seed,
+        threads=torch.get_num_threads(),
+        weights=export.weights,
+        float16_tolerance=export.float16_tolerance,
+        parity_tolerance=trained.parity_tolerance,
     )
     if validation:
-        proxy = speed_proxy(PatchModel(out, device="cpu"), [path for _, path in validation], seed=cfg.seed)
+        model = PatchModel(out, device="cpu", threads=torch.get_num_threads())
+        proxy = speed_proxy(model, [path for _, path in validation], seed=cfg.seed)
         if proxy["auc"] is None:
             log.warning("pseudo-anomaly validation skipped: nothing moves in the validation clips")
         else:
