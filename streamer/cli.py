@@ -69,19 +69,23 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_extra(command: str):
+    """SystemExit saying how to install the [train] extra, for commands that need it."""
+    return SystemExit(f"vad {command} needs the [train] extra (torch, onnx, scikit-learn): pip install -e '.[train]'")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         from training.config import TrainConfig
         from training.train import train_model
     except ImportError as e:
-        raise SystemExit(
-            f"training needs the [train] extra (torch, onnx, scikit-learn): pip install -e '.[train]' ({e})"
-        )
+        raise training_extra(f"train ({e})") from None
     from . import config
 
     overrides = {"method": args.method}
-    if args.data:
-        overrides["data"] = {"root": args.data}
+    data = {k: v for k, v in {"root": args.data, "sources": args.source, "duration": args.duration}.items() if v}
+    if data:
+        overrides["data"] = data
     if args.out:
         overrides["out"] = args.out
     cfg = config.load(args.config, TrainConfig, overrides)
@@ -101,9 +105,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     try:
         from training.select import SelectionError, select
     except ImportError as e:
-        raise SystemExit(
-            f"vad select needs the [train] extra (scikit-learn for k-means): pip install -e '.[train]' ({e})"
-        )
+        raise training_extra(f"select ({e})") from None
     try:
         manifest = select(
             args.source,
@@ -311,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
     p.add_argument("method", choices=TRAIN_METHODS)
     p.add_argument("--config", required=True, help="YAML training config (see configs/)")
-    p.add_argument("--data", help="override data.root: the UCSDped2 folder")
+    p.add_argument(
+        "--source",
+        nargs="+",
+        action="extend",
+        help="override data.sources: normal footage, i.e. video files, frame folders, folders of them, the Ped2 "
+        "layout, or live URLs (recorded for --duration)",
+    )
+    p.add_argument("--duration", type=float, help="seconds to record from each live source before training")
+    p.add_argument("--data", help="override data.root: the UCSDped2 folder (used when there are no sources)")
     p.add_argument("--out", help="override out: output path without suffix")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
