@@ -101,6 +101,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from training.calibration import RUN_FRAMES, recalibrate
+
+    problems = []
+    if args.threshold_quantile is not None and not 0 < args.threshold_quantile < 1:
+        problems.append(f"--threshold-quantile must be in (0, 1), got {args.threshold_quantile}")
+    if args.max_frames < 2 * RUN_FRAMES:
+        problems.append(f"--max-frames must be at least {2 * RUN_FRAMES}, got {args.max_frames}")
+    if args.duration is not None and args.duration <= 0:
+        problems.append(f"--duration must be > 0 seconds, got {args.duration}")
+    if problems:
+        raise ConfigError(problems, "vad calibrate")
+    card = recalibrate(
+        args.model,
+        args.source,
+        args.out,
+        duration=args.duration,
+        threshold_quantile=args.threshold_quantile,
+        max_frames=args.max_frames,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    record = card.calibrated_on
+    print(f"calibrated {Path(args.out).with_suffix('.onnx')} on {record['frames']} frames of normal footage")
+    print(
+        f"threshold  {record['from_threshold']:.3f} -> {card.scoring.threshold:.3f}: "
+        f"{record['passing_from_threshold']:.2%} -> {record['passing_threshold']:.2%} of this footage's frames above it"
+    )
+    return 0
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     try:
         from training.select import SelectionError, select
@@ -325,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="override out: output path without suffix")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "calibrate", help="refit a model's calibration, gate and threshold on normal footage of a new scene or camera"
+    )
+    p.add_argument("--model", required=True, help="model .onnx with its .json card")
+    p.add_argument(
+        "--source", nargs="+", action="extend", required=True, help="normal footage, as for `vad train --source`"
+    )
+    p.add_argument("--out", required=True, help="the new model: OUT.onnx (a copy of the network) and its card")
+    p.add_argument("--duration", type=float, help="seconds to record from each live source first")
+    p.add_argument(
+        "--threshold-quantile", type=float, help="share of normal frames below the threshold (default: the card's)"
+    )
+    p.add_argument("--max-frames", type=int, default=20_000, help="most frames kept for the fit (longer: sampled)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("select", help="choose k representative frames of recordings (k-means on encoder latents)")
     p.add_argument("--model", help="model .onnx exported by `vad train`; its card names the encoder graph used")

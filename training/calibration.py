@@ -12,7 +12,9 @@ most `max_frames` frames: footage that fits is kept whole, longer footage is
 sampled evenly (seeded) in runs of RUN_FRAMES consecutive frames. Each run is
 kept with the frames before it that the causal smoother remembers, so its
 smoothed scores are the ones the live daemon computes in the middle of the
-recording. `vad train` calibrates its exported graph on the training footage.
+recording. `vad train` calibrates its exported graph on the training footage;
+`vad calibrate` refits a model's card on other normal footage (a new scene or
+camera, `recalibrate`) and needs no PyTorch.
 """
 
 from __future__ import annotations
@@ -20,16 +22,22 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
+import shutil
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from streamer.footage import Clip, frames_of, total_frames
+from streamer.footage import Clip, frames_of, open_footage, recordings_beside, redact, total_frames
+from streamer.model import ModelCard, ModelError, PatchModel, card_path_for
 from streamer.patches import PatchExtractor, PatchSpec, motion_energy
 from streamer.scoring import Calibration, CountBands, ScoringSettings, aggregate, passes_gate, smooth_series
+
+from .provenance import git_commit, now
 
 log = logging.getLogger(__name__)
 
@@ -271,3 +279,89 @@ def calibration_record(footage: list[str], sample: CalibrationSample, result: Ca
         "frames": sample.frames,
         "passing_threshold": result.passing,
     }
+
+
+def passing_share(sample: CalibrationSample, card) -> float:
+    """Share of the sample's counted frames whose smoothed score passes `card`'s threshold (its own calibration)."""
+    scores, counts = aggregated_frame_scores(card.calibration.apply(sample.raw), sample.energy, card.gate, card.scoring)
+    smoothed = smoothed_in_runs(sample, scores, counts, card.count_bands, card.scoring)[sample.counted]
+    return float((smoothed > card.scoring.threshold).mean())
+
+
+def recalibrate(
+    model_path: str | os.PathLike,
+    sources: list[str],
+    out: str | os.PathLike,
+    *,
+    duration: float | None = None,
+    threshold_quantile: float | None = None,
+    max_frames: int = 20_000,
+    device: str = "auto",
+    threads: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> ModelCard:
+    """`vad calibrate`: the model with calibration, gate and threshold refitted on other normal footage.
+
+    The network is copied unchanged to `out` (with its encoder graph); the new card
+    keeps the old one's fitting rules (calibration mode and quantile, the gate's
+    share, count bands, the threshold's quantile unless given) and records in
+    `calibrated_on` the footage, how much of it passes the new threshold and how
+    much passed the old one.
+    """
+    model_path, out = Path(model_path), Path(out).with_suffix(".onnx")
+    if out.resolve() == model_path.resolve():
+        raise ModelError("--out must name a new model: the calibrated card would replace the one it started from")
+    model = PatchModel(model_path, device=device, threads=threads)
+    card = model.card
+    rules = card.training.get("config", {}).get("export", {})
+    if threshold_quantile is None:
+        threshold_quantile = rules.get("threshold_quantile")
+        if threshold_quantile is None:
+            raise ModelError(f"{model_path}'s card does not say its threshold quantile: pass --threshold-quantile")
+    if not 0 < threshold_quantile < 1:
+        raise ValueError(f"the threshold quantile must be in (0, 1), got {threshold_quantile}")
+    bands = rules.get("count_bands", 0 if card.count_bands is None else len(card.count_bands.loc))
+    clips = open_footage(sources, recordings_beside(out), duration, progress)
+    sample = collect(clips, card.patch, model.raw_scores, card.scoring, max_frames, seed, progress=progress)
+    result = calibrate(
+        sample,
+        card.scoring,
+        card.calibration.mode,
+        card.calibration.quantile,
+        threshold_quantile,
+        card.gate["max_hidden"] if card.gate else None,
+        bands,
+    )
+    before = passing_share(sample, card)
+    record = calibration_record([redact(s) for s in sources], sample, result)
+    record.update(from_model=str(model_path), from_threshold=card.scoring.threshold, passing_from_threshold=before)
+    log.info(
+        "on this footage %.2f%% of frames passed the old threshold %.3f; %.2f%% pass the new one, %.3f",
+        100 * before,
+        card.scoring.threshold,
+        100 * result.passing,
+        result.threshold,
+    )
+    new = replace(
+        card,
+        calibration=result.calibration,
+        gate=result.gate,
+        count_bands=result.count_bands,
+        training_moving_max=result.training_moving_max,
+        scoring=replace(card.scoring, threshold=result.threshold),
+        score_percentiles=result.percentiles,
+        threshold_rule=result.rule,
+        calibrated_on=record,
+        commit=git_commit(),
+        created=now(),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, out)
+    if card.encoder:
+        encoder = dict(card.encoder, file=out.with_suffix(".encoder.onnx").name)
+        shutil.copyfile(model_path.parent / card.encoder["file"], out.with_suffix(".encoder.onnx"))
+        new = replace(new, encoder=encoder)
+    new.save(card_path_for(out))
+    log.info("wrote %s and its card", out)
+    return new
