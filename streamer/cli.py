@@ -25,32 +25,24 @@ def setup_logging(level: str) -> None:
     )
 
 
-def cmd_eval_ped2(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_ped2
+def scoring_overrides(args: argparse.Namespace):
+    """The card's scoring settings with --smoothing, --window, --aggregation applied; None when none is given."""
     from .scoring import ScoringSettings
 
-    settings = None
     overrides = {
         k: v
         for k, v in {"smoothing": args.smoothing, "window": args.window, "aggregation": args.aggregation}.items()
         if v is not None
     }
-    if overrides:
-        from .model import ModelCard, card_path_for
+    if not overrides:
+        return None
+    from .model import ModelCard, card_path_for
 
-        base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
-        settings = ScoringSettings.from_dict({**base, **overrides})
-    report = evaluate_ped2(
-        args.model,
-        args.data,
-        args.out,
-        args.device,
-        args.threads,
-        settings,
-        progress=not args.quiet,
-        pipeline=args.pipeline,
-        scorers=args.scorers,
-    )
+    base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
+    return ScoringSettings.from_dict({**base, **overrides})
+
+
+def print_report(report: dict, out: str | None) -> None:
     print(f"model      {report['model']} ({report['method']}, {report['provider']})")
     print(f"scored by  {report['scored_by']}")
     print(
@@ -64,8 +56,42 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
-    if args.out:
-        print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
+    if out:
+        print(f"wrote {Path(out) / 'report.json'} and {Path(out) / 'roc.png'}")
+
+
+def cmd_eval_ped2(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_ped2
+
+    report = evaluate_ped2(
+        args.model,
+        args.data,
+        args.out,
+        args.device,
+        args.threads,
+        scoring_overrides(args),
+        progress=not args.quiet,
+        pipeline=args.pipeline,
+        scorers=args.scorers,
+    )
+    print_report(report, args.out)
+    return 0
+
+
+def cmd_eval_clips(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_clips
+
+    report = evaluate_clips(
+        args.model,
+        args.source,
+        args.labels,
+        args.out,
+        args.device,
+        args.threads,
+        scoring_overrides(args),
+        progress=not args.quiet,
+    )
+    print_report(report, args.out)
     return 0
 
 
@@ -341,6 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scorers", type=int, default=1, help="with --pipeline: scorer processes")
     p.set_defaults(func=cmd_eval_ped2)
+
+    p = ev.add_parser("clips", help="frame-level EER and AUC on any footage labelled frame by frame (a CSV)")
+    p.add_argument(
+        "--source", nargs="+", action="extend", required=True, help="video files, frame folders, or folders of them"
+    )
+    p.add_argument("--labels", required=True, help="CSV with the header clip,frame,label: 0 normal, 1 anomalous")
+    p.add_argument(
+        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
+    )
+    p.add_argument("--out", help="folder for report.json and roc.png")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--smoothing", choices=["none", "mean", "ema"], help="override the card's causal smoothing")
+    p.add_argument("--window", type=int, help="override the smoothing window (frames)")
+    p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_clips)
 
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
     p.add_argument("method", choices=TRAIN_METHODS)
