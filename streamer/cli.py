@@ -159,6 +159,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scene(args: argparse.Namespace) -> int:
+    from training.scene import SceneSpec, generate
+
+    height, width = args.size
+    description = generate(
+        args.out,
+        seed=args.seed,
+        train_minutes=args.train_minutes,
+        spec=SceneSpec(height=height, width=width),
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    print(f"wrote {out / 'train'}, {out / 'calibrate'}, {out / 'test'} and {out / 'labels.csv'}")
+    for kind, frames in description["anomalous_frames"].items():
+        print(f"  test/{kind}.mp4: anomalous frames {frames[0]}-{frames[1]}" if frames else f"  test/{kind}.mp4: none")
+    return 0
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 180x240, got {text!r}") from None
+    if height < 60 or width < 60:
+        raise argparse.ArgumentTypeError(f"the scene needs at least 60x60 pixels, got {text}")
+    return height, width
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     try:
         from training.select import SelectionError, select
@@ -436,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("scene", help="generate a walkway scene: normal footage, test clips with labelled anomalies")
+    p.add_argument("--out", required=True, help="folder for train/, calibrate/, test/, labels.csv and scene.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-minutes", type=float, default=2.0, help="length of the normal training footage")
+    p.add_argument("--size", type=frame_size, default=(180, 240), help="frame size HEIGHTxWIDTH (default 180x240)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_scene)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled sample clip: events as they fire, a summary")
     p.add_argument("--model", help="model .onnx with its .json card (default: the bundled model)")
