@@ -105,7 +105,7 @@ def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: i
     card = model.card
     fitting = collect([c for n, c in clips.items() if n not in fold], card.patch, model.raw_scores, card.scoring, None)
     folders = [clips[n].where for n in fold]
-    samples = proxy_samples(model, folders, speedup, 48, list(range(draws)), gate=False, zoom=zoom)
+    samples = [list(s) for s in proxy_samples(model, folders, speedup, 48, list(range(draws)), gate=False, zoom=zoom)]
     return fitting, samples
 
 

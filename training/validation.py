@@ -48,7 +48,7 @@ def _proxy_draws(
     model: PatchModel, segments: Iterable, speedup: int, box: int, seeds: list[int]
 ) -> list[list[dict[int, dict[int, float]]]]:
     """`proxy_frame_scores` for each seed in one pass: the frames are read and their plain patches scored once."""
-    return proxy_scores_with(model.card, iter_proxy_samples(model, segments, speedup, box, seeds), len(seeds))
+    return proxy_scores_with(model.card, proxy_samples(model, segments, speedup, box, seeds), len(seeds))
 
 
 def enlarge_into(frame: np.ndarray, region: np.ndarray, cy: int, cx: int, zoom: float) -> None:
@@ -68,8 +68,16 @@ def proxy_samples(
     seeds: list[int],
     gate: bool = True,
     zoom: float = 1.0,
-) -> list[list[tuple]]:
-    """Per segment, (frame t, draw index or None for the frame as it is, motion energy per patch, raw scores).
+) -> Iterator[Iterator[tuple]]:
+    """Per segment, lazily: (frame t, draw index or None for the frame as it is, motion energy per patch, raw scores).
+
+    `segments`: frame folders, or iterables of grayscale frames (consecutive
+    frames of one recording). Each segment's samples come as an iterator, to be
+    read before the next segment's; a segment's frames are read one at a time
+    and kept only while a stand-in needs them, and patches are scored
+    CHUNK_SAMPLES samples at a time, so memory stays flat however long the
+    segments. (Callers that go over the samples more than once keep them:
+    `[list(s) for s in proxy_samples(...)]`.)
 
     The expensive part of the proxy (optical flow, the network), kept apart so
     that other calibrations, gates and frame-score settings can be tried on the
@@ -81,24 +89,6 @@ def proxy_samples(
     and, in pixels, moves `zoom` times faster (a cart or a cyclist nearer the
     camera), where the plain speed-up changes how fast one walker moves but
     hardly how many patches move.
-    """
-    return [list(samples) for samples in iter_proxy_samples(model, segments, speedup, box, seeds, gate, zoom)]
-
-
-def iter_proxy_samples(
-    model: PatchModel,
-    segments: Iterable,
-    speedup: int,
-    box: int,
-    seeds: list[int],
-    gate: bool = True,
-    zoom: float = 1.0,
-) -> Iterator[Iterator[tuple]]:
-    """`proxy_samples`, lazily: each segment's samples as an iterator, to be read before the next segment's.
-
-    `segments`: frame folders, or iterables of grayscale frames (consecutive frames of one recording). A
-    segment's frames are read one at a time and kept only while a stand-in needs them; patches are scored
-    CHUNK_SAMPLES samples at a time, so memory stays flat however long the segments are.
     """
     rngs = [np.random.default_rng(seed) for seed in seeds]
     for segment in segments:
