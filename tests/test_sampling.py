@@ -128,3 +128,25 @@ def test_a_sample_with_nothing_to_fit_on_is_refused(footage):
     data = DataConfig(validation_share=0, static_fraction=0, max_frames=1)  # one still frame, no static patch kept
     with pytest.raises(ConfigError, match="no fitting patches"):
         sample_patches(footage[:1], SPEC, data, 0, False)
+
+
+def test_training_on_videos_and_a_live_stream_holds_out_a_share_and_records_the_footage(tiny_config, tmp_path):
+    from streamer import config
+    from training.config import TrainConfig
+    from training.train import train_model
+
+    from .test_footage import write_video
+
+    for n in (1, 2):
+        write_video(tmp_path / "cams" / f"cam{n}.avi", synthetic_frames(40, 2, seed=n), "FFV1")
+    stream = write_video(tmp_path / "stream.avi", synthetic_frames(30, 2, seed=3), "FFV1").resolve().as_uri()
+    data = {"sources": [str(tmp_path / "cams"), stream], "duration": 60, "validation_clips": []}
+    data.update(validation_share=0.25, validation_block=10)
+    out = tmp_path / "model"
+    card = train_model(config.load(tiny_config, TrainConfig, {"data": data, "out": str(out)}), progress=False)
+    assert card.training["clips"] == ["cam1", "cam2", "live1"] and card.training["frames"] == 110
+    assert card.training["footage"] == [str(tmp_path / "cams"), stream]
+    assert (tmp_path / "model.recordings" / "live1.mkv").is_file()
+    assert card.training["validation_frames"] == 30  # blocks 1, 5 and 9 of 11: a quarter, spread over the footage
+    assert card.training["validation"]["auc"] is not None  # the speed proxy ran on the held-out blocks
+    assert card.calibrated_on["frames"] == 110 and card.calibrated_on["footage"] == card.training["footage"]
