@@ -194,9 +194,6 @@ def sample_patches(
     roles.check_listed_found()
     if not read:
         raise SourceError("no frames read from the footage")
-    samples = {role: _joined(level.values(), spec) for role, level in reservoirs.items()}
-    if not len(samples[FIT]):
-        raise ConfigError(["no fitting patches: every frame read was a validation frame or left out"], "data")
     facts = {
         "frames": read,
         "fitting_frames": frames[FIT],
@@ -206,6 +203,10 @@ def sample_patches(
             for role in reservoirs
         },
     }
+    if not facts["sample"][FIT]["moving"]["kept"] + facts["sample"][FIT]["static"]["kept"]:
+        raise ConfigError(["no fitting patches: every frame read was a validation frame or left out"], "data")
+    # One role at a time, its reservoirs freed as soon as joined: the peak holds one copy, not two.
+    samples = {role: _joined(reservoirs.pop(role).values(), spec) for role in (FIT, VALIDATE)}
     fit = facts["sample"][FIT]
     log.info(
         "read %d frames: fitting on %d patches (moving %d of %d, static %d of %d offered), validating on %d",
