@@ -110,6 +110,9 @@ def read_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def summarize(records: list[dict]) -> dict:
     scores = np.array([r["score"] for r in records])
     labels = np.array([r["label"] for r in records])
+    if labels.all() or not labels.any():
+        found = f"all {len(labels)} scored frames are labelled {'abnormal' if labels.any() else 'normal'}"
+        raise SourceError(f"{found if len(labels) else 'no frame was scored'}: EER and AUC need both kinds of frames")
     videos = np.array([r["video"] for r in records])
     fpr, tpr, _ = roc_curve(scores, labels)
     nfpr, ntpr, _ = roc_curve(minmax_per_video(scores, videos), labels)
@@ -250,8 +253,6 @@ def evaluate_clips(
         last = max((r["frame"] for r in records if r["video"] == clip.name), default=0)
         if last + clip.source.skipped < len(labels[clip.name]):
             raise SourceError(f"{clip.name} ends at frame {last}, but {labels_path} labels {len(labels[clip.name])}")
-    if len({r["label"] for r in records}) < 2:
-        raise SourceError("an EER needs both normal and anomalous frames among those scored")
     report = build_report(
         model, model_path, records, skipped, time.perf_counter() - started, settings, "in-process detector"
     )

@@ -114,6 +114,11 @@ def open_footage(
             clips.append(Clip(path.stem, VideoSource(str(path))))
         else:
             clips += clips_of(Path(target))
+    return named_uniquely(clips)
+
+
+def named_uniquely(clips: list[Clip]) -> list[Clip]:
+    """`clips`, or SourceError if two share a name: configs, labels and manifests tell clips apart by name."""
     names = [clip.name for clip in clips]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -62,7 +62,7 @@ def test_eval_clips_cli_and_labels_that_do_not_fit_the_footage(tiny_model, synth
         "has no labels for the clips": [("Test001", n, 0) for n in range(1, 21)],
         "past the 15 labelled": rows[:15],
         "but .* labels 25": rows + [("Test001", n, 0) for n in range(21, 26)],
-        "both normal and anomalous frames": [(c, n, 0) for c, n, _ in rows],
+        "EER and AUC need both kinds of frames": [(c, n, 0) for c, n, _ in rows],
     }
     sources = {"has no labels for the clips": test}
     for message, case in cases.items():

@@ -72,8 +72,8 @@ def test_frame_roles_by_clip_step_and_manifest(tmp_path):
         roles.check_listed_found()
     with pytest.raises(ConfigError, match=r"lists frames of clips \['b'\]"):
         FrameRoles(DataConfig(frames_file=str(manifest)), ["a"])
-    with pytest.raises(ConfigError, match="set only one"):
-        FrameRoles(DataConfig(frames_file=str(manifest), frame_step=2), ["a", "b"])
+    with pytest.raises(ValueError, match="set only one"):
+        DataConfig(frames_file=str(manifest), frame_step=2)
 
 
 @pytest.fixture(scope="module")

@@ -34,18 +34,19 @@ class DataConfig:
     frames_file: str | None = None
 
     def __post_init__(self):
-        if self.frame_step < 1 or self.validation_block < 1:
+        if self.frame_step < 1 or self.validation_block < 1 or (self.max_frames is not None and self.max_frames < 1):
             raise ValueError(
-                f"frame_step and validation_block must be >= 1, got {self.frame_step}, {self.validation_block}"
+                f"frame_step, validation_block and max_frames must be >= 1, got {self.frame_step}, "
+                f"{self.validation_block}, {self.max_frames}"
             )
-        if not 0 <= self.validation_share < 1 or not 0 <= self.static_fraction <= 1:
-            raise ValueError("validation_share must be in [0, 1) and static_fraction in [0, 1]")
+        if not 0 <= self.validation_share < 1 or not 0 <= self.static_fraction <= 1 or self.motion_threshold < 0:
+            raise ValueError("validation_share must be in [0, 1), static_fraction in [0, 1] and motion_threshold >= 0")
         if self.max_moving_patches < 1 or self.max_static_patches < 0:
             raise ValueError("max_moving_patches must be >= 1 and max_static_patches >= 0")
         if self.duration is not None and self.duration <= 0:
             raise ValueError(f"duration must be > 0 seconds, got {self.duration}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.frames_file and self.frame_step != 1:
+            raise ValueError("frames_file and frame_step both choose the training frames: set only one")
 
 
 @dataclass
@@ -143,6 +144,10 @@ class ExportConfig:
             raise ValueError(f"count_bands must be >= 0, got {self.count_bands}")
         if self.calibration_frames < 1000:
             raise ValueError(f"calibration_frames must be >= 1000, got {self.calibration_frames}")
+        if not (0 < self.calibration_quantile < 1 and 0 < self.threshold_quantile < 1):
+            raise ValueError("calibration_quantile and threshold_quantile must be in (0, 1)")
+        if self.gate_max_hidden is not None and not 0 < self.gate_max_hidden < 1:
+            raise ValueError(f"gate_max_hidden must be null or in (0, 1), got {self.gate_max_hidden}")
 
 
 @dataclass

@@ -54,19 +54,18 @@ class FrameRoles:
     def __init__(self, data: DataConfig, clip_names: list[str]):
         unknown = [n for n in data.validation_clips if n not in clip_names]
         if unknown:
-            raise ConfigError([f"validation_clips {unknown} are not among the footage's clips {clip_names}"], "data")
+            problem = f"validation_clips: validation clips {unknown} are not among the footage's clips {clip_names}"
+            raise ConfigError([problem], "data")
         if data.validation_clips and set(clip_names) <= set(data.validation_clips):
-            raise ConfigError(["every clip is a validation clip: nothing left to fit on"], "data")
+            raise ConfigError(["validation_clips: every clip is a validation clip: nothing left to fit on"], "data")
         self.data = data
         self.listed: set[tuple[str, int]] | None = None
         self.found: set[tuple[str, int]] = set()
         if data.frames_file:
-            if data.frame_step != 1:
-                raise ConfigError(["frames_file and frame_step both choose the training frames: set only one"], "data")
             self.listed = set(read_manifest(data.frames_file))
             strangers = sorted({clip for clip, _ in self.listed} - set(clip_names))
             if strangers:
-                problem = f"frames_file {data.frames_file} lists frames of clips {strangers} not among the footage's"
+                problem = f"frames_file: {data.frames_file} lists frames of clips {strangers} not among the footage's"
                 raise ConfigError([problem], "data")
 
     def validates(self, clip: str, running: int) -> bool:
@@ -92,8 +91,19 @@ class FrameRoles:
         missing = sorted((self.listed or set()) - self.found)
         if missing:
             shown = ", ".join(f"{clip} frame {n}" for clip, n in missing[:5])
-            problem = f"frames_file {self.data.frames_file} lists {len(missing)} frames the footage has not: {shown}"
+            problem = f"frames_file: {self.data.frames_file} lists {len(missing)} frames the footage has not: {shown}"
             raise ConfigError([problem], "data")
+
+
+def chosen_clips(clips: list[Clip], names: list[str] | None) -> list[Clip]:
+    """The clips named in data.train_clips (all of them for None); ConfigError for a name the footage lacks."""
+    if names is None:
+        return clips
+    missing = [n for n in names if n not in [clip.name for clip in clips]]
+    if missing:
+        problem = f"train_clips: {missing} are not among the footage's clips {[clip.name for clip in clips]}"
+        raise ConfigError([problem], "data")
+    return [clip for clip in clips if clip.name in names]
 
 
 class Reservoir:

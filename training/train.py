@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from streamer import ped2
-from streamer.config import ConfigError
 from streamer.footage import Clip, open_footage, recordings_beside, redact
 from streamer.model import ModelCard, PatchModel, card_path_for
 from streamer.patches import PatchSpec
@@ -55,13 +54,7 @@ def open_training_footage(cfg: TrainConfig, progress: bool) -> tuple[list[str], 
     """(the footage as the card records it, its clips): data.sources, else the Ped2 training clips of data.root."""
     targets = cfg.data.sources or [str(ped2.resolve_root(cfg.data.root))]
     clips = open_footage(targets, recordings_beside(cfg.out), cfg.data.duration, progress)
-    if cfg.data.train_clips is not None:
-        names = [clip.name for clip in clips]
-        missing = [n for n in cfg.data.train_clips if n not in names]
-        if missing:
-            raise ConfigError([f"train_clips {missing} are not among the footage's clips {names}"], "data")
-        clips = [clip for clip in clips if clip.name in cfg.data.train_clips]
-    return [redact(t) for t in targets], clips
+    return [redact(t) for t in targets], sampling.chosen_clips(clips, cfg.data.train_clips)
 
 
 @dataclass
