@@ -3,6 +3,7 @@
 import csv
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -32,6 +33,8 @@ def test_the_scene_writes_footage_and_a_label_for_every_test_frame(tmp_path):
     assert json.loads((tmp_path / "scene.json").read_text())["seed"] == 3
     frame = next(iter(open_footage([tmp_path / "calibrate"])[0].frames())).image
     assert frame.shape == (90, 120)
+    preview = cv2.imread(str(tmp_path / "preview.png"), cv2.IMREAD_GRAYSCALE)
+    assert preview.shape == (2 * (90 + 20), 3 * (120 + 4))  # six captioned frames, three a row
 
 
 def test_the_same_seed_draws_the_same_frames():

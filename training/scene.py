@@ -21,6 +21,7 @@ Written to DIR:
   test/KIND.mp4          that other day with one anomaly, one clip per kind
   labels.csv             clip,frame,label for every test frame (`vad eval clips --labels`)
   scene.json             the settings and seed, and each anomaly's frames
+  preview.png            a frame of each clip, of each test clip one with its anomaly in view
 
 The point is not realism but a second scene with known answers, quick to make:
 a model trained on the walkers can be checked on what it should find (a fast
@@ -155,7 +156,8 @@ def draw(image: np.ndarray, mover: Mover, geometry: Geometry) -> None:
         )
         for side in (-0.35, 0.35):
             cv2.circle(image, _point(x + side * h, y - 0.08 * h), _length(0.08 * h), 30.0, -1, aa, SUBPIXEL)
-        cv2.line(image, _point(x, y - 0.55 * h), _point(x, y - 0.8 * h), 40.0, _length(0.05 * h), aa, SUBPIXEL)
+        handle = max(1, round(0.05 * h))  # a line's thickness is in whole pixels, not SUBPIXEL units
+        cv2.line(image, _point(x, y - 0.55 * h), _point(x, y - 0.8 * h), 40.0, handle, aa, SUBPIXEL)
         return
     swing = 0.07 * h * math.sin(mover.phase)  # legs take turns, as the walker comes closer or goes away
     for side, lift in ((-1, swing), (1, -swing)):
@@ -294,12 +296,13 @@ def generate(
     per_minute = round(60 * spec.fps)
     write_clip(out / "train" / "normal.mp4", spec, round(train_minutes * per_minute), seed, progress=progress)
     write_clip(out / "calibrate" / "normal.mp4", other_day, round(calibrate_minutes * per_minute), seed + 1)
-    events, rows = {}, []
+    events, shown, rows = {}, {}, []
     for n, kind in enumerate(KINDS):
         labels = write_clip(out / "test" / f"{kind}.mp4", other_day, round(test_seconds * spec.fps), seed + 2 + n, kind)
         rows += [(kind, frame, int(label)) for frame, label in enumerate(labels, start=1)]
         anomalous = np.flatnonzero(labels) + 1
         events[kind] = [int(anomalous.min()), int(anomalous.max())] if len(anomalous) else None
+        shown[kind] = int(anomalous[len(anomalous) // 2]) if len(anomalous) else 1
     with (out / "labels.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["clip", "frame", "label"])
@@ -315,4 +318,32 @@ def generate(
         "anomalous_frame_counts": {kind: sum(1 for k, _, label in rows if k == kind and label) for kind in KINDS},
     }
     (out / "scene.json").write_text(json.dumps(description, indent=1) + "\n")
+    write_preview(out, shown)
     return description
+
+
+def frame_of(video: Path, number: int) -> np.ndarray:
+    """Frame `number` (1-based) of a video, gray."""
+    capture = cv2.VideoCapture(str(video))
+    try:
+        for _ in range(number):
+            ok, image = capture.read()
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    finally:
+        capture.release()
+
+
+def write_preview(out: Path, shown: dict[str, int]) -> None:
+    """preview.png: a frame of each clip; of each test clip, its middle anomalous frame (`shown`), captioned."""
+    tiles = [
+        ("train", out / "train" / "normal.mp4", 1),
+        ("calibrate: another day", out / "calibrate" / "normal.mp4", 1),
+    ]
+    tiles += [(f"test: {kind}", out / "test" / f"{kind}.mp4", number) for kind, number in shown.items()]
+    images = []
+    for caption, video, number in tiles:
+        image = cv2.copyMakeBorder(frame_of(video, number), 18, 2, 2, 2, cv2.BORDER_CONSTANT, value=255)
+        cv2.putText(image, f"{caption} (frame {number})", (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, 0, 1, cv2.LINE_AA)
+        images.append(image)
+    rows = [np.hstack(images[i : i + 3]) for i in range(0, len(images), 3)]
+    cv2.imwrite(str(out / "preview.png"), np.vstack(rows))
