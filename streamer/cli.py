@@ -184,8 +184,8 @@ def cmd_scene(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     print(f"wrote {out / 'train'}, {out / 'calibrate'}, {out / 'test'} and {out / 'labels.csv'}")
-    for kind, frames in description["anomalous_frames"].items():
-        print(f"  test/{kind}.mp4: anomalous frames {frames[0]}-{frames[1]}" if frames else f"  test/{kind}.mp4: none")
+    for kind, runs in description["anomalous_frames"].items():
+        print(f"  test/{kind}.mp4: anomalous frames {', '.join(f'{first}-{last}' for first, last in runs)}")
     return 0
 
 

@@ -8,19 +8,20 @@ camera, on the right half towards it, at walking speeds (each its own, about
 and a slow drift of the light are added to every frame; frames are drawn with
 sub-pixel accuracy, so slow far-away walkers move smoothly.
 
-The test clips hold one labelled anomaly each, of four kinds:
+Each test clip (a minute) holds two anomalies of one of four kinds, half a
+clip apart:
   fast         someone running, 3.5 times walking speed, in the direction of their side
   cart         a cart pushed at walking speed: another shape and size
   against      a walker on the wrong side, against the flow
-  left_object  a bag left on the walkway, still from the frame it is put down
+  left_object  a bag on the walkway, still from the frame it is put down (the first one is picked up again)
 
-A frame is labelled anomalous while any part of the anomaly is in view.
+A frame is labelled anomalous while any part of an anomaly is in view.
 Written to DIR:
   train/normal.mp4       normal footage to train on (`--train-minutes`)
   calibrate/normal.mp4   normal footage of another day: more people, brighter, noisier
-  test/KIND.mp4          that other day with one anomaly, one clip per kind
+  test/KIND.mp4          that other day with two anomalies, one clip per kind
   labels.csv             clip,frame,label for every test frame (`vad eval clips --labels`)
-  scene.json             the settings and seed, and each anomaly's frames
+  scene.json             the settings and seed, and the runs of anomalous frames of each clip
   preview.png            a frame of each clip, of each test clip one with its anomaly in view
 
 The point is not realism but a second scene with known answers, quick to make:
@@ -98,6 +99,7 @@ class Mover:
     size: float = 1.0
     phase: float = 0.0  # walking cycle
     anomaly: bool = False
+    until: int | None = None  # the frame it is taken away at (a bag picked up), if ever
 
 
 def background(spec: SceneSpec, geometry: Geometry, rng: np.random.Generator) -> np.ndarray:
@@ -213,8 +215,8 @@ class Scene:
                 m.phase += advance / (0.12 * g.person * g.scale(m.y) * m.size) * (0.5 if m.kind == "runner" else 1)
                 side = 1 if m.across > 0 else -1  # everyone keeps to the side they entered on
                 m.across = side * float(np.clip(side * m.across + rng.normal(0, 0.01), 0.1, 0.95))
-        self.movers = [m for m in self.movers if self.in_scene(m)]
         self.t += 1
+        self.movers = [m for m in self.movers if self.in_scene(m) and (m.until is None or self.t < m.until)]
 
     def in_scene(self, m: Mover) -> bool:
         g = self.geometry
@@ -239,21 +241,32 @@ class Scene:
 
 
 def anomaly_schedule(scene: Scene, kind: str, frames: int) -> dict[int, Mover]:
-    """Which anomaly enters at which frame of a test clip of `frames` frames."""
+    """Which anomaly enters at which frame of a test clip of `frames` frames: two of its kind, half a clip apart."""
     rng, speed = scene.rng, scene.spec.speed
-    start = int(rng.integers(frames // 5, frames // 3))
-    if kind == "fast":  # two runners: one going away, then one coming closer
+    first = int(rng.integers(frames // 10, frames // 5))
+    second = first + frames // 2
+    if kind == "fast":  # a runner going away, then one coming closer
         runner = {"kind": "runner", "speed": 3.5 * speed, "anomaly": True}
-        second = start + frames // 3
-        return {start: scene.walker(-1, **runner), second: scene.walker(1, **runner)}
+        return {first: scene.walker(-1, **runner), second: scene.walker(1, **runner)}
     if kind == "cart":
-        return {start: scene.walker(-1, kind="cart", tone=int(rng.integers(40, 90)), size=1.0, anomaly=True)}
-    if kind == "against":  # on the right half, where everybody else comes towards the camera
-        return {start: scene.walker(-1, across=float(rng.uniform(0.3, 0.7)), anomaly=True)}
-    if kind == "left_object":
-        y = scene.geometry.horizon + rng.uniform(0.45, 0.75) * (scene.spec.height - scene.geometry.horizon)
-        bag = Mover("bag", y, float(rng.uniform(-0.6, 0.6)), 0, 0.0, int(rng.integers(20, 60)), anomaly=True)
-        return {start: bag}
+        cart = {"kind": "cart", "size": 1.0, "anomaly": True}
+        return {
+            first: scene.walker(-1, tone=int(rng.integers(40, 90)), **cart),
+            second: scene.walker(1, tone=int(rng.integers(40, 90)), **cart),
+        }
+    if kind == "against":  # each on the other side's half, against everyone else there
+        return {
+            first: scene.walker(-1, across=float(rng.uniform(0.3, 0.7)), anomaly=True),
+            second: scene.walker(1, across=-float(rng.uniform(0.3, 0.7)), anomaly=True),
+        }
+    if kind == "left_object":  # a bag picked up again after a while, then one left for good
+
+        def bag(until: int | None) -> Mover:
+            y = scene.geometry.horizon + rng.uniform(0.45, 0.75) * (scene.spec.height - scene.geometry.horizon)
+            tone = int(rng.integers(20, 60))
+            return Mover("bag", y, float(rng.uniform(-0.6, 0.6)), 0, 0.0, tone, anomaly=True, until=until)
+
+        return {first: bag(until=first + frames // 4), second: bag(until=None)}
     raise ValueError(f"unknown anomaly kind {kind!r}; kinds: {KINDS}")
 
 
@@ -286,7 +299,7 @@ def generate(
     seed: int = 0,
     train_minutes: float = 2.0,
     calibrate_minutes: float = 1.0,
-    test_seconds: float = 30.0,
+    test_seconds: float = 60.0,
     spec: SceneSpec = SceneSpec(),
     progress: bool = True,
 ) -> dict:
@@ -301,7 +314,9 @@ def generate(
         labels = write_clip(out / "test" / f"{kind}.mp4", other_day, round(test_seconds * spec.fps), seed + 2 + n, kind)
         rows += [(kind, frame, int(label)) for frame, label in enumerate(labels, start=1)]
         anomalous = np.flatnonzero(labels) + 1
-        events[kind] = [int(anomalous.min()), int(anomalous.max())] if len(anomalous) else None
+        breaks = np.flatnonzero(np.diff(anomalous) > 1)  # runs of consecutive anomalous frames
+        starts, ends = np.r_[anomalous[:1], anomalous[breaks + 1]], np.r_[anomalous[breaks], anomalous[-1:]]
+        events[kind] = [[int(a), int(b)] for a, b in zip(starts, ends)]
         shown[kind] = int(anomalous[len(anomalous) // 2]) if len(anomalous) else 1
     with (out / "labels.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -314,7 +329,7 @@ def generate(
         "train_minutes": train_minutes,
         "calibrate_minutes": calibrate_minutes,
         "test_seconds": test_seconds,
-        "anomalous_frames": {kind: first_last for kind, first_last in events.items()},
+        "anomalous_frames": events,
         "anomalous_frame_counts": {kind: sum(1 for k, _, label in rows if k == kind and label) for kind in KINDS},
     }
     (out / "scene.json").write_text(json.dumps(description, indent=1) + "\n")
