@@ -502,14 +502,8 @@ def at_least(low: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
-    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
-    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `vad eval ped2` and `vad eval clips` share: the model, the report, the scoring overrides."""
     p.add_argument(
         "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
     )
@@ -520,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
+    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
     )
@@ -536,16 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", nargs="+", action="extend", required=True, help="video files, frame folders, or folders of them"
     )
     p.add_argument("--labels", required=True, help="CSV with the header clip,frame,label: 0 normal, 1 anomalous")
-    p.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
-    )
-    p.add_argument("--out", help="folder for report.json and roc.png")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
-    p.add_argument("--smoothing", choices=["none", "mean", "ema"], help="override the card's causal smoothing")
-    p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
-    p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--allow-skipped",
         action="store_true",
