@@ -11,6 +11,10 @@
    capture->score and capture->alert, frames dropped, and each stage process's
    resident memory (from its /metrics) after warm-up and at the end.
 
+With --media both are also run with event media on (start and peak snapshots, score
+traces, clips; docs/review.md), side by side with them off: the Ped2 test clips
+hold many anomalies, so media work goes on most of the time.
+
 Figures depend on the machine and on what else runs on it: the table says the
 CPU count and load average.
 """
@@ -39,7 +43,9 @@ from streamer.pipeline.supervisor import Supervisor
 WARM_UP_FRAMES = 50  # latency and memory are measured after these
 
 
-def write_config(run_dir: Path, args, camera: dict, gate: bool = True, metrics: bool = False) -> Path:
+def write_config(
+    run_dir: Path, args, camera: dict, gate: bool = True, metrics: bool = False, media: bool = False
+) -> Path:
     config = {
         "model": str(args.model),
         "run_dir": str(run_dir),
@@ -50,6 +56,7 @@ def write_config(run_dir: Path, args, camera: dict, gate: bool = True, metrics: 
             "events_endpoint": f"ipc://{run_dir}/events",
             "score_log": str(run_dir / "scores.jsonl"),
             "exit_at_end": not camera.get("loop", False),
+            "media": {"enabled": media},
         },
         "metrics": {"base_port": pipeline_config.free_port_base(4 + args.scorers)} if metrics else {"enabled": False},
         "supervisor": {"restart": False},  # a measurement, not a daemon: a failed stage ends it
@@ -73,10 +80,10 @@ def scrape(port: int) -> dict[tuple, float]:
     }
 
 
-def throughput(args, gate: bool) -> dict:
+def throughput(args, gate: bool, media: bool = False) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="vad-bench-"))
     try:
-        config = write_config(run_dir, args, {}, gate=gate)
+        config = write_config(run_dir, args, {}, gate=gate, media=media)
         supervisor = Supervisor(config, pipeline_config.load(config), log_level="warning")
         supervisor.start()
         try:
@@ -86,9 +93,11 @@ def throughput(args, gate: bool) -> dict:
                 code = supervisor.poll()
         finally:
             supervisor.stop()
+        finished = time.time()  # the alerter exits once its media are written
         if code != 0:
             raise SystemExit(f"throughput run failed (status {code})")
         scores = read_scores(run_dir)
+        snapshots = len(list(run_dir.glob("snapshots/*/*.jpg")))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     clips = {clip.name: clip for clip in ped2.test_clips(args.data)}
@@ -103,13 +112,16 @@ def throughput(args, gate: bool) -> dict:
         "fps": len(scores) / seconds,
         "patches_per_frame": float(np.mean([s["active"] for s in scores])),
         "eer": summarize(records)["eer"],
+        "snapshots": snapshots,
+        "tail": finished - max(s["t_alert"] for s in scores),
     }
 
 
-def latency(args) -> dict:
+def latency(args, media: bool = False) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="vad-bench-"))
     try:
-        config = write_config(run_dir, args, {"pace": True, "fps": 10.0, "loop": True, "live": True}, metrics=True)
+        camera = {"pace": True, "fps": 10.0, "loop": True, "live": True}
+        config = write_config(run_dir, args, camera, metrics=True, media=media)
         cfg = pipeline_config.load(config)
         ports = {ref.label: pipeline_config.metrics_port(cfg, ref) for ref in pipeline_config.stage_refs(cfg)}
         supervisor = Supervisor(config, cfg, log_level="warning")
@@ -127,6 +139,7 @@ def latency(args) -> dict:
         finally:
             supervisor.stop()
         scores = read_scores(run_dir)[WARM_UP_FRAMES:]
+        clips = len(list(run_dir.glob("snapshots/*/clip.*")))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     to_score = np.array([s["t_scored"] - s["t_capture"] for s in scores]) * 1000
@@ -139,7 +152,42 @@ def latency(args) -> dict:
         "score_ms": np.percentile(to_score, [50, 99, 100]),
         "alert_ms": np.percentile(to_alert, [50, 99, 100]),
         "rss": rss,
+        "clips": clips,
     }
+
+
+def latency_rows(rows: list, result: dict, args, media: bool) -> None:
+    condition = f", event media {'on' if media else 'off'}" if args.media else ""
+    rows.append(
+        (
+            f"capture -> score at 10 fps{condition}, p50 / p99 / max",
+            "{:.0f} / {:.0f} / {:.0f} ms".format(*result["score_ms"]),
+            "",
+        )
+    )
+    clips = f" ({result['clips']} clips written)" if media else ""
+    rows.append(
+        (
+            f"capture -> alert at 10 fps{condition}, p50 / p99 / max",
+            "{:.0f} / {:.0f} / {:.0f} ms{}".format(*result["alert_ms"], clips),
+            "p99 <= 100 ms",
+        )
+    )
+    rows.append(
+        (
+            f"frames dropped at 10 fps over {args.duration:.0f} s{condition}",
+            f"{result['dropped']:.0f} of {result['captured'] + result['dropped']:.0f}",
+            "0",
+        )
+    )
+    for label, samples in result["rss"].items():
+        rows.append(
+            (
+                f"RSS {label}{condition}: after warm-up, half-way, end",
+                f"{samples[0]:.0f}, {samples[len(samples) // 2]:.0f}, {samples[-1]:.0f} MiB",
+                "flat",
+            )
+        )
 
 
 def rss_of(port: int) -> float:
@@ -155,6 +203,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per scorer")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--skip", choices=["throughput", "no-gate", "latency"], action="append", default=[])
+    parser.add_argument("--media", action="store_true", help="also run with event media on (snapshots, clips)")
     args = parser.parse_args()
     args.data = ped2.resolve_root(args.data)
     model = PatchModel(args.model, device=args.device, threads=1)
@@ -163,48 +212,25 @@ def main() -> None:
     rows = []
     if "throughput" not in args.skip:
         gates = [True] + ([False] if "no-gate" not in args.skip and model.card.gate else [])
-        for gate in gates:
-            result = throughput(args, gate)
+        runs = [(gate, False) for gate in gates] + [(True, True)] * args.media
+        for gate, media in runs:
+            result = throughput(args, gate, media)
             name = "cascade gate on" if gate else "gate off (every patch to the network)"
+            name += f", event media {'on' if media else 'off'}" if args.media else ""
+            wrote = (
+                f"; {result['snapshots']} snapshots, done {result['tail']:.1f} s after the last alert" if media else ""
+            )
             rows.append(
                 (
                     f"end-to-end, sources unpaced, {name}",
                     f"{result['fps']:.1f} frames/s ({result['frames']} frames in {result['seconds']:.1f} s; "
-                    f"{result['patches_per_frame']:.0f} patches/frame to the network; EER {result['eer']:.2%})",
+                    f"{result['patches_per_frame']:.0f} patches/frame to the network; EER {result['eer']:.2%}{wrote})",
                     ">= 100 frames/s" if gate else "",
                 )
             )
     if "latency" not in args.skip:
-        result = latency(args)
-        rows.append(
-            (
-                "capture -> score at 10 fps, p50 / p99 / max",
-                "{:.0f} / {:.0f} / {:.0f} ms".format(*result["score_ms"]),
-                "",
-            )
-        )
-        rows.append(
-            (
-                "capture -> alert at 10 fps, p50 / p99 / max",
-                "{:.0f} / {:.0f} / {:.0f} ms".format(*result["alert_ms"]),
-                "p99 <= 100 ms",
-            )
-        )
-        rows.append(
-            (
-                f"frames dropped at 10 fps over {args.duration:.0f} s",
-                f"{result['dropped']:.0f} of {result['captured'] + result['dropped']:.0f}",
-                "0",
-            )
-        )
-        for label, samples in result["rss"].items():
-            rows.append(
-                (
-                    f"RSS {label}: after warm-up, half-way, end",
-                    f"{samples[0]:.0f}, {samples[len(samples) // 2]:.0f}, {samples[-1]:.0f} MiB",
-                    "flat",
-                )
-            )
+        for media in [False] + [True] * args.media:
+            latency_rows(rows, latency(args, media), args, media)
 
     print(
         f"\nmodel {Path(args.model).name} ({model.card.method}, {model.provider}), {args.scorers} scorer(s) x "

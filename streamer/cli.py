@@ -58,6 +58,11 @@ def print_report(report: dict, out: str | None) -> None:
         )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
+    point = report["at_threshold"]
+    print(
+        f"at threshold {point['threshold']:.4g}:          recall {point['recall']:.2%} of anomalous frames, "
+        f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
+    )
     if out:
         print(f"wrote {Path(out) / 'report.json'} and {Path(out) / 'roc.png'}")
 
@@ -463,7 +468,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
     notify = demo_notify(args.mqtt, args.webhook)
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify)
+    return run_demo(
+        args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify, ui=not args.no_ui
+    )
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.server import serve, site_for_config, site_for_run_dir
+
+    if args.config:
+        from .pipeline import config as pipeline_config
+
+        site = site_for_config(pipeline_config.load(args.config), args.host, args.port)
+    else:
+        site = site_for_run_dir(args.run_dir, args.host or "127.0.0.1", args.port or 8080)
+    print(f"review page: {site.url}{'  (needs the token: open ?token=TOKEN once)' if site.token else ''}", flush=True)
+    serve(site)
+    return 0
 
 
 def at_least(low: int):
@@ -481,14 +502,8 @@ def at_least(low: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
-    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
-    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `vad eval ped2` and `vad eval clips` share: the model, the report, the scoring overrides."""
     p.add_argument(
         "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
     )
@@ -499,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
+    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
     )
@@ -515,16 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", nargs="+", action="extend", required=True, help="video files, frame folders, or folders of them"
     )
     p.add_argument("--labels", required=True, help="CSV with the header clip,frame,label: 0 normal, 1 anomalous")
-    p.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
-    )
-    p.add_argument("--out", help="folder for report.json and roc.png")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
-    p.add_argument("--smoothing", choices=["none", "mean", "ema"], help="override the card's causal smoothing")
-    p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
-    p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--allow-skipped",
         action="store_true",
@@ -604,7 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt", metavar="HOST[:PORT]", help="also deliver to this MQTT broker (topics vad/#, Home Assistant)"
     )
     p.add_argument("--webhook", metavar="URL", help="also POST start and end events to this URL")
+    p.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="no review page (without this, the page is served during the run, and after it until Ctrl-C when "
+        "the output is a terminal)",
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="serve the event review page: events, snapshots, clips, camera states")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the pipeline YAML the daemon runs (its ui: section, event log, metrics)")
+    where.add_argument("--run-dir", help="a run folder alone (its events.sqlite and snapshots/)")
+    p.add_argument("--host", help="address to serve on (default ui.host, 127.0.0.1); beyond loopback needs a token")
+    p.add_argument("--port", type=int, help="default ui.port, 8080")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
     p.add_argument("--config", required=True, help="pipeline YAML (see configs/camera.yaml)")
