@@ -15,7 +15,7 @@ from .model import BUNDLED_MODEL
 
 log = logging.getLogger("vad")
 
-TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics")
+TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics", "crossmodal")
 ALERT_MAX_BYTES = 1 << 20  # an event is a few kB; a larger message from the publisher is refused by libzmq
 
 
@@ -63,6 +63,7 @@ def print_report(report: dict, out: str | None) -> None:
         f"at threshold {point['threshold']:.4g}:          recall {point['recall']:.2%} of anomalous frames, "
         f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
     )
+    print("recall by clip:  " + ", ".join(f"{clip} {recall:.0%}" for clip, recall in point["recall_by_clip"].items()))
     if out:
         print(f"wrote {Path(out) / 'report.json'} and {Path(out) / 'roc.png'}")
 

@@ -281,6 +281,7 @@ def evaluate_clips(
 def build_report(model, model_path, records, skipped, seconds, settings, scored_by) -> dict:
     """The report both evaluations print and write: EER and AUC of both protocols, every frame's record."""
     summary = summarize(records)
+    scoring = settings or model.card.scoring
     return {
         "model": str(model_path),
         "method": model.card.method,
@@ -292,8 +293,8 @@ def build_report(model, model_path, records, skipped, seconds, settings, scored_
         "eer_normalized": summary["eer_normalized"],
         "auc_normalized": summary["auc_normalized"],
         "normalized_protocol": "non-causal: scores min-max normalised within each test clip",
-        "scoring": (settings or model.card.scoring).to_dict(),
-        "at_threshold": operating_point(records, (settings or model.card.scoring).threshold),
+        "scoring": scoring.to_dict(),
+        "at_threshold": operating_point(records, scoring.threshold),
         "frames_scored": len(records),
         "frames_skipped": skipped,
         # label-free: how much of the test set is busier than the training clips (None: the card does not say)

@@ -189,6 +189,7 @@ def export_model(
     calibration_frames: int = 20_000,
     frames_per_clip: int | None = None,
     parity_patches: int = 4096,
+    parity_tolerance: float = 1e-5,
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
     seed: int = 0,
@@ -210,7 +211,7 @@ def export_model(
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(sample_patches), size=min(parity_patches, len(sample_patches)), replace=False))
     patches = sample_patches[pick]
-    parity = check_parity(module, session, patches)
+    parity = check_parity(module, session, patches, parity_tolerance)
     if weights == "float16":
         session, parity["float16"] = halve_weights(
             out_path, session, patches, calibration_quantile, float16_tolerance, threads
