@@ -532,7 +532,7 @@ def at_least(low: int):
 def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """The options `vad eval ped2` and `vad eval clips` share: the model, the report, the scoring overrides."""
     p.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
+        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled DEC model)"
     )
     p.add_argument("--out", help="folder for report.json and roc.png")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
