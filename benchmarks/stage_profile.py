@@ -97,7 +97,7 @@ def profile(data: str, model_path: str, frames: int, batch_frames: int) -> dict:
     from streamer.model import PatchModel
     from streamer.patches import PatchExtractor
     from streamer.pipeline import config as pipeline_config
-    from streamer.pipeline import messages
+    from streamer.pipeline import messages, runtime
     from streamer.pipeline.alerter import Alerter
     from streamer.pipeline.checkpoint import Checkpoint, state_path
     from streamer.pipeline.events import EventLog
@@ -107,6 +107,8 @@ def profile(data: str, model_path: str, frames: int, batch_frames: int) -> dict:
     from streamer.sources import FolderSource
 
     clock = Clock()
+    if hasattr(runtime, "tune_allocator"):  # set up this process as the code's stage processes set themselves up
+        runtime.tune_allocator()
     patch_module.cv2 = TimedCv2(clock)
     cv2.setNumThreads(1)  # as the patch stage (patcher.threads)
     run_dir = Path(tempfile.mkdtemp(prefix="vad-profile-"))
