@@ -215,9 +215,9 @@ def extract_patches(planes: np.ndarray, size: int, stride: int) -> np.ndarray:
     return windows[ys[:, None], xs[None, :]].reshape(-1, c, size, size)
 
 
-def to_model_input(patches: np.ndarray) -> np.ndarray:
-    """uint8 patches -> float32 in [0, 1], the input every exported model takes."""
-    return patches.astype(np.float32) * np.float32(1.0 / 255.0)
+def to_model_input(patches: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 patches -> float32 in [0, 1], the input every exported model takes; into `out` if given."""
+    return np.multiply(patches, np.float32(1.0 / 255.0), out=out, dtype=np.float32)
 
 
 def motion_energy(patches: np.ndarray, spec: PatchSpec) -> np.ndarray:
