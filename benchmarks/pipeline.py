@@ -75,8 +75,10 @@ def write_config(
 
 
 def read_scores(run_dir: Path) -> list[dict]:
+    """Every complete line of the score log (the alerter may be writing the next one)."""
     path = run_dir / "scores.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
 def scrape(port: int) -> dict[tuple, float]:
