@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError
@@ -66,25 +68,32 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
+    skipped = report["frames_skipped"]
+    if skipped and not args.allow_skipped:
+        total = skipped + report["frames_scored"]
+        print(
+            f"vad: error: {skipped} of {total} test frames were not scored (unreadable, see the warnings above): "
+            "the EER and AUC above leave them out. Mend the frames, or pass --allow-skipped to accept the figures",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
-        from training.config import TrainConfig
+        from training.checks import checked_config as checked_training_config
         from training.train import train_model
     except ImportError as e:
         raise SystemExit(
             f"training needs the [train] extra (torch, onnx, scikit-learn): pip install -e '.[train]' ({e})"
         )
-    from . import config
-
     overrides = {"method": args.method}
     if args.data:
         overrides["data"] = {"root": args.data}
     if args.out:
         overrides["out"] = args.out
-    cfg = config.load(args.config, TrainConfig, overrides)
+    cfg = checked_training_config(args.config, overrides)
     card = train_model(cfg, progress=not args.quiet)
     summary = {
         "out": str(Path(cfg.out).with_suffix(".onnx")),
@@ -129,8 +138,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     import zmq
 
+    from .pipeline import checks, telemetry
     from .pipeline import config as pipeline_config
-    from .pipeline import telemetry
     from .pipeline.runtime import stop_on_signals, tune_allocator
 
     tune_allocator()
@@ -141,23 +150,32 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg.camera(args.camera)
     ref = pipeline_config.StageRef(args.name, args.camera if args.name in ("capture", "patcher") else None, args.index)
     if ref not in pipeline_config.stage_refs(cfg):
-        raise ConfigError([f"{ref.label} is not a stage of this config (scorer --index must be < scorer.processes)"])
+        why = "scorer --index must be < scorer.processes; the notifier needs a notify section"
+        raise ConfigError([f"{ref.label} is not a stage of this config ({why})"])
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
     stop = stop_on_signals()
     if cfg.metrics.enabled:
         port = pipeline_config.metrics_port(cfg, ref)
         try:
-            telemetry.serve(cfg.metrics.host, port)
+            telemetry.serve(cfg.metrics, port)
         except OSError as e:
             raise ConfigError([f"metrics: cannot serve on {cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
+    for warning in checks.warnings(cfg):
+        log.warning("%s", warning)
     from .pipeline import alerter, capture, patcher, scorer
+
+    def notify() -> int:
+        from .pipeline import notifier  # paho and urllib.request: only this stage loads them
+
+        return notifier.run(cfg, stop)
 
     runners = {
         "capture": lambda: capture.run(cfg, args.camera, stop),
         "patcher": lambda: patcher.run(cfg, args.camera, stop),
         "scorer": lambda: scorer.run(cfg, args.index, stop),
         "alerter": lambda: alerter.run(cfg, stop),
+        "notifier": notify,
     }
     try:
         return runners[args.name]()
@@ -165,41 +183,60 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise ConfigError([f"{ref.label}: cannot use a socket: {e}"]) from None
 
 
-def checked_config(path: str):
-    """The pipeline config and everything it refers to, checked as `vad run` needs them; ConfigError if not."""
-    from .pipeline import config as pipeline_config
-    from .pipeline.supervisor import preflight
-
-    cfg = pipeline_config.load(path)
-    try:
-        preflight(cfg)
-    except ConfigError as e:
-        raise ConfigError(e.problems, path) from None
-    return cfg
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .pipeline.config import stage_refs
+    """A pipeline config as `vad run` (or, with --stage, `vad stage`) checks it; a training config as `vad train`."""
+    from .config import read_yaml
 
-    cfg = checked_config(args.file)
+    data = read_yaml(args.file)
+    if "method" in data and "cameras" not in data and not args.stage:
+        return check_training_config(args.file)
+    from .pipeline import checks
+    from .pipeline.config import stage_refs
+    from .pipeline.notify_config import unreachable
+
+    cfg = checks.checked_config(args.file, args.stage)
+    for warning in checks.warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     security = "CURVE on" if cfg.security.curve.enabled else "CURVE off"
     reach = "remote endpoints allowed" if cfg.security.allow_remote else "loopback and ipc only"
+    if args.stage:
+        stages = sorted(set(args.stage))
+        what = f"valid for stage{'s' * (len(stages) > 1)} {', '.join(stages)}"
+    else:
+        stages = sorted({ref.name for ref in stage_refs(cfg)})
+        what = f"valid: {len(cfg.cameras)} camera(s), {len(stage_refs(cfg))} stage processes"
+    log_file = f"; event log {cfg.alerter.event_log}" if "alerter" in stages else ""
+    notify = cfg.notify if "notifier" in stages else None
+    destinations = "; notify " + ", ".join(f"{d.name} ({d.address})" for d in notify.destinations) if notify else ""
+    print(f"{args.file}: {what}, {reach}, {security}{log_file}{destinations}")
+    for warning in unreachable(notify):
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def check_training_config(path: str) -> int:
+    try:
+        from training import data as training_data
+        from training.checks import checked_config as checked_training_config
+    except ImportError as e:
+        raise SystemExit(f"{path} is a training config (it has `method:`); checking it needs the [train] extra ({e})")
+    cfg = checked_training_config(path)
+    folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
     print(
-        f"{args.file}: valid: {len(cfg.cameras)} camera(s), {len(stage_refs(cfg))} stage processes, "
-        f"{reach}, {security}; event log {cfg.alerter.event_log}"
+        f"{path}: valid training config: {cfg.method}, {len(folders)} training clips "
+        f"({len(cfg.data.validation_clips)} held out for validation); writes {cfg.out}.onnx and {cfg.out}.json"
     )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import checks
     from .pipeline.runtime import stop_on_signals
     from .pipeline.supervisor import Supervisor
 
-    cfg = checked_config(args.config)
-    if cfg.security.allow_remote and not cfg.security.curve.enabled:
-        log.warning(
-            "security.allow_remote without security.curve: traffic between hosts is neither encrypted nor checked"
-        )
+    cfg = checks.checked_config(args.config)
+    for warning in checks.warnings(cfg):
+        log.warning("%s", warning)
     return Supervisor(args.config, cfg, args.log_level).run(stop_on_signals())
 
 
@@ -218,19 +255,19 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    import urllib.request
-
+    """The supervisor's view of its stages; with --stage, one stage process (e.g. a scorer on its own host)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from .pipeline import config as pipeline_config
+    from .pipeline import telemetry
 
     cfg = pipeline_config.load(args.config)
-    host = cfg.metrics.host if cfg.metrics.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{pipeline_config.supervisor_metrics_port(cfg)}/metrics"
+    if args.stage:
+        return stage_health(cfg, args)
     try:
-        text = urllib.request.urlopen(url, timeout=args.timeout).read().decode()
+        text = telemetry.fetch(cfg.metrics, pipeline_config.supervisor_metrics_port(cfg), args.timeout)
     except OSError as e:
-        print(f"unhealthy: the supervisor does not answer at {url} ({e})", file=sys.stderr)
+        print(f"unhealthy: the supervisor does not answer at {e}", file=sys.stderr)
         return 1
     for family in text_string_to_metric_families(text):
         if family.name == "vad_stage_up":
@@ -239,11 +276,47 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def stage_health(cfg, args: argparse.Namespace) -> int:
+    """0 while the stage answers and no endpoint it connects to refuses its handshake; 1 otherwise."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .pipeline import config as pipeline_config
+    from .pipeline import telemetry
+
+    ref = pipeline_config.StageRef(
+        args.stage, args.camera if args.stage in ("capture", "patcher") else None, args.index
+    )
+    if ref not in pipeline_config.stage_refs(cfg):
+        raise ConfigError([f"{ref.label} is not a stage of this config (--camera ID for capture and patcher)"])
+    try:
+        text = telemetry.fetch(cfg.metrics, pipeline_config.metrics_port(cfg, ref), args.timeout)
+    except OSError as e:
+        print(f"unhealthy: {ref.label} does not answer at {e}", file=sys.stderr)
+        return 1
+    refused = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vad_links_refused"
+    )
+    if refused:
+        print(
+            f"unhealthy: {ref.label} is up, but {refused:.0f} endpoint(s) it connects to refuse its handshake "
+            "(its log says why)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{ref.label:<24} up")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print the events a pipeline publishes; a refused handshake is reported within seconds and retried."""
     import zmq
 
     from .pipeline import config as pipeline_config
     from .pipeline import security
+    from .pipeline.links import Links
 
     endpoint, curve = args.endpoint, None
     if args.config:
@@ -268,21 +341,50 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             raise ConfigError([f"cannot subscribe to {endpoint!r}: {e}"]) from None
         socket.subscribe(b"event")
         log.info("listening for events on %s", endpoint)
-        received = 0
-        while args.count is None or received < args.count:
-            if not socket.poll(int(args.timeout * 1000) if args.timeout else None):
-                return 1
+        links = Links(socket, "alerts", (endpoint,))
+        try:
+            return print_events(socket, links, args.count, args.timeout)
+        finally:
+            links.close()
+
+
+def print_events(socket, links, count: int | None, timeout: float | None) -> int:
+    """Events as JSON lines until `count` were printed (0) or none came for `timeout` seconds (1)."""
+    received, last = 0, time.monotonic()
+    while count is None or received < count:
+        links.poll()
+        if socket.poll(250):
             _topic, body = socket.recv_multipart()
             print(body.decode(), flush=True)
-            received += 1
+            received, last = received + 1, time.monotonic()
+        elif timeout and time.monotonic() - last > timeout:
+            if links.refused:
+                print(f"vad: error: {links.refused[0]} refused every handshake for {timeout:g} s", file=sys.stderr)
+            return 1
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_notify, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json)
+    notify = demo_notify(args.mqtt, args.webhook)
+    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify)
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,15 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="folder for report.json and roc.png")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--smoothing", choices=["none", "mean", "ema"], help="override the card's causal smoothing")
-    p.add_argument("--window", type=int, help="override the smoothing window (frames)")
+    p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
     )
-    p.add_argument("--scorers", type=int, default=1, help="with --pipeline: scorer processes")
+    p.add_argument("--scorers", type=at_least(1), default=1, help="with --pipeline: scorer processes")
+    p.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 even if test frames could not be read (they are left out of the figures)",
+    )
     p.set_defaults(func=cmd_eval_ped2)
 
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
@@ -331,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="k-means initialisation or random draw")
     p.add_argument("--every", type=int, default=1, help="consider every N-th frame only (long recordings)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_select)
 
@@ -341,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="play as fast as the pipeline goes, not at the clip's fps")
     p.add_argument("--metrics-port", type=int, help="first metrics port (default 9100, or free ones if taken)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--mqtt", metavar="HOST[:PORT]", help="also deliver to this MQTT broker (topics vad/#, Home Assistant)"
+    )
+    p.add_argument("--webhook", metavar="URL", help="also POST start and end events to this URL")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
@@ -348,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one pipeline stage alone (stages may sit on different hosts)")
-    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter"])
+    p.add_argument("name", choices=["capture", "patcher", "scorer", "alerter", "notifier"])
     p.add_argument("--config", required=True, help="pipeline YAML, the same file for every stage")
     p.add_argument("--camera", help="capture and patcher: the camera id this process serves")
     p.add_argument("--index", type=int, default=0, help="scorer: its number, 0 .. scorer.processes-1")
@@ -365,8 +476,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_alerts)
 
     cfg = sub.add_parser("config", help="pipeline configs").add_subparsers(dest="action", required=True)
-    p = cfg.add_parser("check", help="check a pipeline YAML as `vad run` would: exit 0 if valid, else every problem")
+    p = cfg.add_parser(
+        "check",
+        help="check a pipeline YAML as `vad run` would (a training YAML as `vad train` would), creating nothing: "
+        "exit 0 if valid, else every problem",
+    )
     p.add_argument("file")
+    p.add_argument(
+        "--stage",
+        action="append",
+        choices=["capture", "patcher", "scorer", "alerter", "notifier"],
+        help="check only what this stage needs (repeatable): on a host that runs some stages with `vad stage`",
+    )
     p.set_defaults(func=cmd_config_check)
 
     keys = sub.add_parser("keys", help="CURVE key pairs").add_subparsers(dest="action", required=True)
@@ -379,13 +500,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 if the daemon's supervisor answers; prints each stage's state")
     p.add_argument("--config", required=True, help="the pipeline YAML the daemon runs")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    p.add_argument(
+        "--stage",
+        choices=["capture", "patcher", "scorer", "alerter", "notifier"],
+        help="ask this stage process instead (run alone with `vad stage`): unhealthy also while its peers refuse it",
+    )
+    p.add_argument("--camera", help="with --stage capture or patcher: the camera id")
+    p.add_argument("--index", type=at_least(0), default=0, help="with --stage scorer: its number")
     p.set_defaults(func=cmd_health)
     return parser
+
+
+def interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    if args.func not in (cmd_run, cmd_stage):  # those finish their work on SIGTERM; the rest clean up as on Ctrl-C
+        signal.signal(signal.SIGTERM, interrupt)
     from .model import ModelError
     from .pipeline import PipelineError
     from .sources import SourceError

@@ -9,6 +9,7 @@ user fixes a config in one pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -46,6 +47,23 @@ def interpolate(value: Any, problems: list[str], where: str = "") -> Any:
         return ""
 
     return _ENV.sub(substitute, value)
+
+
+def path_problem(path: str | os.PathLike, folder: bool = False) -> str | None:
+    """Why this process could not create or write the file (or folder) `path`, or None; found without creating it."""
+    path = Path(path)
+    if path.exists():
+        if path.is_dir() != folder:
+            return f"cannot use {path}: it is not a {'folder' if folder else 'file'}"
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            return f"cannot write {path}: permission denied, or a read-only file system"
+        return None
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        return f"cannot create {path}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {existing} is not writable (permission denied, or a read-only file system)"
+    return None
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -180,7 +198,10 @@ def _convert(hint: Any, value: Any, problems: list[str], where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{where}: expected a number, got {value!r}")
             return value
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        if not math.isfinite(number):  # YAML's .nan and .inf: no setting means them, and waits overflow on them
+            problems.append(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             problems.append(f"{where}: expected a string, got {value!r}")

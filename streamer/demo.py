@@ -2,7 +2,9 @@
 
 The clip (streamer/samples/ped2_test002.mp4, see ATTRIBUTION.txt there) plays at
 its own 10 fps as a stand-in camera: pedestrians first, then a cyclist. Every
-stage serves /metrics while it runs; a summary follows when the clip ends.
+stage serves /metrics while it runs; a summary follows when the clip ends. With
+--mqtt or --webhook the notifier stage delivers the events there too (camera
+`demo` in Home Assistant, through MQTT discovery).
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import yaml
 from .model import BUNDLED_MODEL
 from .pipeline import PipelineError
 from .pipeline import config as pipeline_config
+from .pipeline.checks import preflight
 from .pipeline.events import events_after, read_events
-from .pipeline.supervisor import Supervisor, preflight
+from .pipeline.supervisor import Supervisor
 
 SAMPLE_CLIP = Path(__file__).resolve().parent / "samples" / "ped2_test002.mp4"
 DEFAULT_METRICS_PORT = 9100
 
 
-def demo_config(run_dir: Path, model: Path, clip: Path, pace: bool, metrics_port: int) -> dict:
-    return {
+def demo_config(
+    run_dir: Path, model: Path, clip: Path, pace: bool, metrics_port: int, notify: dict | None = None
+) -> dict:
+    config = {
         "model": str(model),
         "run_dir": str(run_dir),
         # A video file says its own frame rate; an image folder plays at Ped2's 10 fps.
@@ -38,6 +43,22 @@ def demo_config(run_dir: Path, model: Path, clip: Path, pace: bool, metrics_port
         },
         "metrics": {"base_port": metrics_port},
     }
+    return {**config, "notify": notify} if notify else config
+
+
+def demo_notify(mqtt: str | None, webhook: str | None) -> dict | None:
+    """A notify section for `--mqtt HOST[:PORT]` and `--webhook URL` (start and end events).
+
+    MQTT topics go under `vad-demo/`, apart from a daemon's `vad/` on the same broker.
+    """
+    notify = {}
+    if mqtt:
+        host, _, port = mqtt.partition(":")
+        notify["mqtt"] = {"host": host, "port": int(port)} if port.isdigit() else {"host": mqtt}
+        notify["mqtt"]["topic_prefix"] = "vad-demo"
+    if webhook:
+        notify["webhooks"] = [{"url": webhook}]
+    return notify or None
 
 
 def describe(event: dict) -> str:
@@ -59,13 +80,15 @@ def run_demo(
     metrics_port: int | None = None,
     as_json: bool = False,
     log_level: str = "warning",
+    notify: dict | None = None,
 ) -> int:
     model_path = Path(model) if model else BUNDLED_MODEL
     clip_path = Path(clip) if clip else SAMPLE_CLIP
     run_dir = Path(tempfile.mkdtemp(prefix="vad-demo-"))
-    port = metrics_port or pipeline_config.free_port_base(4, preferred=DEFAULT_METRICS_PORT)
+    ports = 6 if notify else 5  # the stages', then the supervisor's
+    port = metrics_port or pipeline_config.free_port_base(ports, preferred=DEFAULT_METRICS_PORT)
     config_path = run_dir / "demo.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(run_dir, model_path, clip_path, pace, port)))
+    config_path.write_text(yaml.safe_dump(demo_config(run_dir, model_path, clip_path, pace, port, notify)))
     cfg = pipeline_config.load(config_path)
     preflight(cfg)
     refs = pipeline_config.stage_refs(cfg)
@@ -74,6 +97,9 @@ def run_demo(
     print(f"  model    {model_path}")
     print(f"  metrics  http://127.0.0.1:{first}/metrics .. :{last}/metrics ({', '.join(r.label for r in refs)})")
     print(f"  events   vad alerts --endpoint {cfg.alerter.events_endpoint}   (JSON lines, from another terminal)")
+    if cfg.notify:
+        where = ", ".join(f"{d.name} {d.address}" for d in cfg.notify.destinations)
+        print(f"  notify   {where} (see docs/alerts.md)")
     speed = "at the clip's own frame rate, like a camera" if pace else "as fast as the pipeline goes"
     print(f"  playing  {speed}; Ctrl-C stops\n")
     supervisor = Supervisor(config_path, cfg, log_level=log_level)

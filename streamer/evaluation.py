@@ -24,7 +24,7 @@ from .detector import Detector
 from .metrics import auc, eer, minmax_per_video, roc_curve
 from .model import PatchModel
 from .scoring import ScoringSettings
-from .sources import FolderSource
+from .sources import FolderSource, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ def score_ped2(
 def summarize(records: list[dict]) -> dict:
     scores = np.array([r["score"] for r in records])
     labels = np.array([r["label"] for r in records])
+    if labels.all() or not labels.any():
+        found = f"all {len(labels)} scored frames are labelled {'abnormal' if labels.any() else 'normal'}"
+        raise SourceError(f"{found if len(labels) else 'no frame was scored'}: EER and AUC need both kinds of frames")
     videos = np.array([r["video"] for r in records])
     fpr, tpr, _ = roc_curve(scores, labels)
     nfpr, ntpr, _ = roc_curve(minmax_per_video(scores, videos), labels)

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +49,16 @@ def sha256_of(path: str | os.PathLike) -> str:
 def _optional_count(value) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValueError(f"training_moving_max must be a count >= 0, got {value!r}")
+    return value
+
+
+def _gate(value) -> dict | None:
+    """The card's cascade gate: None, or a mapping whose motion_threshold is a finite number."""
+    if value is None:
+        return None
+    threshold = value.get("motion_threshold") if isinstance(value, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"gate must be null or have a finite motion_threshold, got {value!r}")
     return value
 
 
@@ -112,7 +123,7 @@ class ModelCard:
                 onnx_sha256=d["onnx_sha256"],
                 score_description=d.get("score_description", ""),
                 score_percentiles=d.get("score_percentiles", {}),
-                gate=d.get("gate"),
+                gate=_gate(d.get("gate")),
                 threshold_rule=d.get("threshold_rule", ""),
                 training=d.get("training", {}),
                 parity=d.get("parity", {}),

@@ -75,7 +75,10 @@ def parse_ground_truth(m_file: str | os.PathLike) -> list[list[tuple[int, int]]]
     path = Path(m_file)
     if not path.is_file():
         raise SourceError(f"ground-truth file not found: {path}")
-    entries = [parse_ranges(m.group(1)) for m in _GT_LINE.finditer(path.read_text())]
+    try:
+        entries = [parse_ranges(m.group(1)) for m in _GT_LINE.finditer(path.read_text())]
+    except ValueError as e:
+        raise SourceError(f"{path}: {e}") from None
     if not entries:
         raise SourceError(f"no 'gt_frame = [...]' entries in {path}")
     return entries
@@ -115,5 +118,9 @@ def test_clips(root: str | os.PathLike | None = None) -> list[Clip]:
     clips = []
     for folder, ranges in zip(folders, gt):
         count = len(list_image_files(folder))
-        clips.append(Clip(folder.name, folder, count, labels_from_ranges(ranges, count)))
+        try:
+            labels = labels_from_ranges(ranges, count)
+        except ValueError as e:
+            raise SourceError(f"{root / 'Test' / 'UCSDped2.m'}, {folder.name}: {e}") from None
+        clips.append(Clip(folder.name, folder, count, labels))
     return clips

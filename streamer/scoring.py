@@ -22,6 +22,7 @@ is causal and the live scorer computes it the same way.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,8 @@ class Calibration:
             raise ValueError("global calibration has one loc and one scale")
         if not np.all(np.isfinite(self.loc)) or not np.all(self.scale > 0):
             raise ValueError("calibration needs finite locs and positive scales")
+        if not 0 < self.quantile < 1:
+            raise ValueError(f"calibration quantile must be in (0, 1), got {self.quantile!r}")
 
     @classmethod
     def fit(
@@ -117,6 +120,8 @@ class CountBands:
             raise ValueError("count band edges must increase")
         if not np.all(np.isfinite(self.loc)) or not np.all(self.scale > 0):
             raise ValueError("count bands need finite locs and positive scales")
+        if not 0 < self.quantile < 1:
+            raise ValueError(f"count band quantile must be in (0, 1), got {self.quantile!r}")
 
     @classmethod
     def fit(
@@ -194,6 +199,8 @@ class ScoringSettings:
             raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {self.smoothing!r}")
         if self.top_k < 1 or self.window < 1 or not 0 < self.alpha <= 1:
             raise ValueError("top_k and window must be >= 1 and alpha in (0, 1]")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -69,18 +69,17 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 class FolderSource:
-    """Frames from image files in numeric order.
+    """Frames from image files in numeric order, each at its own size.
 
-    The first readable frame fixes the expected size; later frames of another
-    size are skipped like unreadable ones, since the patch grid and per-position
-    calibration assume a fixed view.
+    Frames are not held to the size of the first one: the patch extractor resizes
+    every frame to the model card's working size (`patch.frame_size`), as it does
+    for a camera, so one odd first frame cannot disqualify the rest of a clip.
     """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.files = list_image_files(self.folder)
         self.skipped = 0
-        self.shape: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -91,13 +90,7 @@ class FolderSource:
             if image is None or image.size == 0:
                 self._skip(path, "unreadable or corrupt image")
                 continue
-            image = to_gray(image)
-            if self.shape is None:
-                self.shape = image.shape
-            elif image.shape != self.shape:
-                self._skip(path, f"size {image.shape} differs from the folder's {self.shape}")
-                continue
-            yield Frame(index=index, image=image, timestamp=time.time(), name=path.name)
+            yield Frame(index=index, image=to_gray(image), timestamp=time.time(), name=path.name)
 
     def _skip(self, path: Path, why: str) -> None:
         self.skipped += 1

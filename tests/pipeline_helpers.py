@@ -117,10 +117,11 @@ def vad_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def running(*args: str, log: Path):
-    """A `vad ...` process, killed with all its children on the way out whatever happens."""
+def running(*args: str, log: Path, prefix: tuple[str, ...] = ()):
+    """A `vad ...` process (run through `prefix`, e.g. ip netns exec NAME), killed with all its children on the way
+    out whatever happens."""
     with open(log, "w") as out:
-        process = subprocess.Popen(vad_command(*args), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*prefix, *vad_command(*args)], stdout=out, stderr=subprocess.STDOUT)
     children: set[int] = set()
     try:
         yield process, children

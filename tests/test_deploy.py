@@ -106,6 +106,7 @@ def test_rules_and_dashboard_use_only_metrics_the_pipeline_exposes():
         "vad_frames_dropped_total",
         "vad_capture_to_score_seconds_bucket",
         "vad_frames_scored_total",
+        "vad_notify_lag_seconds",
     ):
         assert any(required in e for e in expressions), f"no alert rule uses {required}"
     for required in (
@@ -114,6 +115,7 @@ def test_rules_and_dashboard_use_only_metrics_the_pipeline_exposes():
         "vad_capture_to_alert_seconds_bucket",
         "vad_frame_score",
         "vad_events_total",
+        "vad_notify_lag_seconds",
     ):
         assert any(required in q for q in queries), f"no dashboard panel shows {required}"
 
@@ -189,13 +191,20 @@ def test_dockerfiles_copy_what_exists_and_run_unprivileged(dockerfile):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_the_systemd_unit_verifies(tmp_path):
-    unit = (DEPLOY / "systemd" / "vad.service").read_text()
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("vad.service", "vad run --config /etc/vad/vad.yaml"),
+        ("vad-scorer.service", "vad stage scorer --index 0 --config /etc/vad/vad.yaml"),
+    ],
+)
+def test_the_systemd_units_verify(tmp_path, name, command):
+    unit = (DEPLOY / "systemd" / name).read_text()
     assert re.search(r"^User=vad$", unit, re.MULTILINE) and re.search(r"^Restart=on-failure$", unit, re.MULTILINE)
-    assert re.search(r"^EnvironmentFile=/etc/vad/vad.env$", unit, re.MULTILINE)
-    assert "ExecStart=/opt/vad/bin/vad run --config /etc/vad/vad.yaml" in unit
+    assert name != "vad.service" or re.search(r"^EnvironmentFile=/etc/vad/vad.env$", unit, re.MULTILINE)
+    assert f"ExecStart=/opt/vad/bin/{command}" in unit
     # systemd-analyze wants the programs to exist: point them at this checkout's `vad`.
-    local = tmp_path / "vad.service"
+    local = tmp_path / name
     local.write_text(unit.replace("/opt/vad/bin/vad", str(Path(sys.executable).parent / "vad")))
     result = run("systemd-analyze", "verify", str(local))
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

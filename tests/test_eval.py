@@ -93,3 +93,90 @@ def test_bundled_model_reproduces_the_readme_figure(tmp_path):
     report = evaluate_ped2(BUNDLED_MODEL, ped2_root(), tmp_path, progress=False)
     assert report["frames_scored"] == 2010
     assert report["eer"] == pytest.approx(README_NRE_EER, abs=5e-4)
+
+
+def copy_ped2(synthetic_ped2, tmp_path):
+    import shutil
+
+    root = tmp_path / "UCSDped2"
+    shutil.copytree(synthetic_ped2, root)
+    return root
+
+
+def test_a_clip_whose_first_frame_has_another_size_is_scored_whole(tiny_model, synthetic_ped2, tmp_path):
+    root = copy_ped2(synthetic_ped2, tmp_path)
+    first = root / "Test" / "Test001" / "001.png"
+    cv2.imwrite(str(first), cv2.resize(cv2.imread(str(first), cv2.IMREAD_GRAYSCALE), (45, 30)))
+    report = evaluate_ped2(tiny_model, root, progress=False)
+    # Every frame is resized to the card's working size, as the daemon does: none is dropped for its size.
+    assert report["frames_skipped"] == 0 and report["frames_scored"] == 40
+
+
+def test_eval_with_skipped_frames_says_so_and_fails_unless_allowed(tiny_model, synthetic_ped2, tmp_path, capsys):
+    root = copy_ped2(synthetic_ped2, tmp_path)
+    (root / "Test" / "Test002" / "003.png").write_bytes(b"corrupt")
+    args = ["eval", "ped2", "--data", str(root), "--model", str(tiny_model), "--quiet"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "causal pooled (headline)" in captured.out
+    assert "vad: error: 1 of 40 test frames were not scored" in captured.err and "--allow-skipped" in captured.err
+    assert main([*args, "--allow-skipped"]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "ground_truth, problem",
+    [
+        ("[11:20];\nTestVideoFile{end+1}.gt_frame = [11:25]", "Test002: range 11:25 runs past the clip's 20 frames"),
+        ("[11:2x];\nTestVideoFile{end+1}.gt_frame = [11:20]", "cannot parse MATLAB range '11:2x'"),
+        ("[];\nTestVideoFile{end+1}.gt_frame = []", "all 40 scored frames are labelled normal: EER and AUC need both"),
+        ("[1:20];\nTestVideoFile{end+1}.gt_frame = [1:20]", "all 40 scored frames are labelled abnormal"),
+    ],
+)
+def test_eval_data_problems_are_errors_not_tracebacks(
+    tiny_model, synthetic_ped2, tmp_path, capsys, ground_truth, problem
+):
+    root = copy_ped2(synthetic_ped2, tmp_path)
+    (root / "Test" / "UCSDped2.m").write_text(f"TestVideoFile{{end+1}}.gt_frame = {ground_truth};\n")
+    assert main(["eval", "ped2", "--data", str(root), "--model", str(tiny_model), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vad: error: ") and problem in err and "Traceback" not in err
+
+
+def test_eval_argument_and_card_problems_are_errors_not_tracebacks(tiny_model, synthetic_ped2, tmp_path, capsys):
+    import shutil
+
+    args = ["eval", "ped2", "--data", str(synthetic_ped2), "--quiet"]
+    for bad in (["--window", "0"], ["--pipeline", "--scorers", "0"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit) as exit:
+            main([*args, "--model", str(tiny_model), *bad])
+        assert exit.value.code == 2 and f"argument {bad[-2]}: must be >= " in capsys.readouterr().err
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_model, model)
+    card = json.loads(card_path_for(tiny_model).read_text())
+    card["gate"] = {"motion_threshold": "high"}
+    card_path_for(model).write_text(json.dumps(card))
+    assert main([*args, "--model", str(model)]) == 2
+    assert (
+        "vad: error: invalid model card: gate must be null or have a finite motion_threshold" in capsys.readouterr().err
+    )
+
+
+def test_an_interrupted_pipeline_eval_leaves_no_temporary_folder(tiny_model, synthetic_ped2, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .pipeline_helpers import wait_for
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "streamer.cli", "eval", "ped2", "--data", str(synthetic_ped2), "--quiet"]
+    process = subprocess.Popen([*command, "--model", str(tiny_model), "--pipeline"], env=env)
+    try:
+        wait_for(lambda: list(tmp_path.glob("vad-eval-*")), 30, "the evaluation's run folder")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 130
+    finally:
+        process.kill()
+    assert list(tmp_path.glob("vad-eval-*")) == []

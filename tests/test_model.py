@@ -83,6 +83,16 @@ def test_garbage_onnx_with_matching_card(tiny_model, tmp_path):
         (lambda c: c.update(count_bands={"edges": [5.0], "loc": [0.0], "scale": [1.0]}), "invalid model card"),
         (lambda c: c.update(training_moving_max=-1), "training_moving_max must be a count"),
         (lambda c: c.update(training_moving_max=2.5), "training_moving_max must be a count"),
+        # json.loads reads NaN and Infinity: a card with them must not load and then alert on nothing or everything
+        (lambda c: c["scoring"].update(threshold=float("nan")), "threshold must be a finite number"),
+        (lambda c: c["scoring"].update(threshold=float("inf")), "threshold must be a finite number"),
+        (lambda c: c["scoring"].update(threshold="2.0"), "invalid model card"),
+        (lambda c: c["calibration"].update(quantile=1.5), r"calibration quantile must be in \(0, 1\)"),
+        (lambda c: c["calibration"].update(quantile=0), r"calibration quantile must be in \(0, 1\)"),
+        (lambda c: c.update(count_bands={"edges": [], "loc": [0.0], "scale": [1.0], "quantile": 1}), "quantile"),
+        (lambda c: c.update(gate={"motion_threshold": "high"}), "gate must be null or have a finite motion_threshold"),
+        (lambda c: c.update(gate={"motion_threshold": float("nan")}), "finite motion_threshold"),
+        (lambda c: c.update(gate=[64.0]), "gate must be null or have a finite motion_threshold"),
     ],
 )
 def test_inconsistent_cards(tiny_model, tmp_path, edit, message):

@@ -246,6 +246,22 @@ def reconnect_flaky_camera(run_dir, tmp_path, lost_by_raising):
     assert received[0].arrays["image"].shape == (24, 32)  # grayscale at the source
 
 
+def test_a_paced_file_after_a_stall_goes_on_at_real_time_without_replaying_its_backlog(synthetic_ped2, tmp_path):
+    fps = 20.0
+    camera = {"id": "paced", "source": str(synthetic_ped2 / "Test" / "Test001"), "pace": True, "fps": fps, "loop": True}
+    cfg = pipeline_config.load(write_config(tmp_path, tmp_path / "unused.onnx", [camera]))
+    frames = capture.recorded_frames(cfg.cameras[0], threading.Event())
+    for _ in range(3):
+        next(frames)
+    time.sleep(1.5)  # downstream took nothing for 30 frames' time
+    next(frames)  # the frame that was due
+    started = time.monotonic()
+    for _ in range(10):
+        next(frames)
+    # A clock fixed at the start would send the 30 frames it fell behind by at once; a camera sends 1 per 1/fps.
+    assert time.monotonic() - started >= 9.5 / fps
+
+
 @pytest.fixture
 def looping_pipeline(tiny_model, synthetic_ped2):
     """`vad run` on a clip that loops at 50 fps until stopped, with metrics and a subscriber."""

@@ -13,6 +13,10 @@ from .conftest import REPO
 def test_the_example_camera_config_loads_with_loopback_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("VAD_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.delenv("VAD_MODEL", raising=False)
+    monkeypatch.delenv("VAD_CAMERA_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"cameras\[0\].source: environment variable \$\{VAD_CAMERA_URL\} is not set"):
+        pipeline_config.load(REPO / "configs" / "camera.yaml")  # no default address to dial
+    monkeypatch.setenv("VAD_CAMERA_URL", "rtsp://viewer:secret@192.0.2.1/stream")
     cfg = pipeline_config.load(REPO / "configs" / "camera.yaml")
     camera = cfg.cameras[0]
     assert cfg.model == str(BUNDLED_MODEL) and camera.source.startswith("rtsp://")
@@ -71,6 +75,5 @@ def test_scoring_overrides_are_checked(tiny_model, tmp_path):
     card = ModelCard.load(card_path_for(tiny_model))
     cfg = pipeline_config.load(write(tmp_path, "cameras: [{id: a, source: 0}]\nscoring: {threshold: 7.5}"))
     assert pipeline_config.scoring_settings(cfg, card).threshold == 7.5
-    cfg = pipeline_config.load(write(tmp_path, "cameras: [{id: a, source: 0}]\nscoring: {smoothing: median}"))
     with pytest.raises(ConfigError, match="smoothing must be one of"):
-        pipeline_config.scoring_settings(cfg, card)
+        pipeline_config.load(write(tmp_path, "cameras: [{id: a, source: 0}]\nscoring: {smoothing: median}"))

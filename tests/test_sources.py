@@ -38,15 +38,16 @@ def test_missing_and_empty_folders_are_clear_errors(tmp_path):
         FolderSource(tmp_path)
 
 
-def test_corrupt_and_wrong_sized_frames_are_skipped_and_counted(tmp_path, caplog):
+def test_corrupt_frames_are_skipped_and_counted_and_frames_of_another_size_kept(tmp_path, caplog):
     write_clip(tmp_path, synthetic_frames(5, speed=1, seed=1))
     (tmp_path / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    cv2.imwrite(str(tmp_path / "004.png"), np.zeros((10, 10), np.uint8))
+    cv2.imwrite(str(tmp_path / "001.png"), np.zeros((10, 10), np.uint8))  # the consumer resizes it
     source = FolderSource(tmp_path)
     read = list(source)
-    assert [f.index for f in read] == [1, 3, 5]
-    assert source.skipped == 2
-    assert "002.png" in caplog.text and "004.png" in caplog.text
+    assert [f.index for f in read] == [1, 3, 4, 5] and read[0].image.shape == (10, 10)
+    assert read[1].image.shape == (60, 90)
+    assert source.skipped == 1
+    assert "002.png" in caplog.text and "001.png" not in caplog.text
 
 
 def test_video_file(tmp_path):

@@ -22,6 +22,14 @@ class DataConfig:
     # A `vad select` manifest: fit on the patches of the frames it lists only (validation clips stay whole).
     frames_file: str | None = None
 
+    def __post_init__(self):
+        if self.frame_step < 1 or (self.max_frames is not None and self.max_frames < 1):
+            raise ValueError(f"frame_step and max_frames must be >= 1, got {self.frame_step}, {self.max_frames}")
+        if not 0 <= self.static_fraction <= 1 or self.motion_threshold < 0:
+            raise ValueError("static_fraction must be in [0, 1] and motion_threshold >= 0")
+        if self.frames_file and self.frame_step != 1:
+            raise ValueError("frames_file and frame_step both choose the training frames: set only one")
+
 
 @dataclass
 class AutoencoderConfig:
@@ -113,6 +121,10 @@ class ExportConfig:
     def __post_init__(self):
         if self.count_bands < 0:
             raise ValueError(f"count_bands must be >= 0, got {self.count_bands}")
+        if not (0 < self.calibration_quantile < 1 and 0 < self.threshold_quantile < 1):
+            raise ValueError("calibration_quantile and threshold_quantile must be in (0, 1)")
+        if self.gate_max_hidden is not None and not 0 < self.gate_max_hidden < 1:
+            raise ValueError(f"gate_max_hidden must be null or in (0, 1), got {self.gate_max_hidden}")
 
 
 @dataclass

@@ -80,6 +80,18 @@ def ped2_training_folders(root, names: list[str] | None = None) -> list[tuple[st
     return [(n, clips[n]) for n in names]
 
 
+def split_clips(folders: list, validation_clips: list[str]) -> tuple[list, list]:
+    """(fitting, validation) clips of the (name, folder) pairs; ValueError unless both are possible."""
+    names = [name for name, _ in folders]
+    missing = [n for n in validation_clips if n not in names]
+    if missing:
+        raise ValueError(f"validation clips {missing} are not among the training clips {names}")
+    fitting = [f for f in folders if f[0] not in validation_clips]
+    if not fitting:
+        raise ValueError("every training clip is a validation clip: nothing left to fit on")
+    return fitting, [f for f in folders if f[0] in validation_clips]
+
+
 def frame_size_of(folder: os.PathLike) -> tuple[int, int]:
     first = next(iter(FolderSource(folder)))
     return first.image.shape

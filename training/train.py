@@ -36,17 +36,6 @@ def build_spec(cfg: TrainConfig, first_folder) -> PatchSpec:
     return replace(cfg.patches, frame_size=cfg.patches.frame_size or training_data.frame_size_of(first_folder))
 
 
-def split_clips(cfg: TrainConfig, folders: list) -> tuple[list, list]:
-    names = [name for name, _ in folders]
-    missing = [n for n in cfg.data.validation_clips if n not in names]
-    if missing:
-        raise ValueError(f"validation clips {missing} are not among the training clips {names}")
-    fitting = [f for f in folders if f[0] not in cfg.data.validation_clips]
-    if not fitting:
-        raise ValueError("every training clip is a validation clip: nothing left to fit on")
-    return fitting, [f for f in folders if f[0] in cfg.data.validation_clips]
-
-
 @dataclass
 class Trained:
     scorer: nn.Module  # patches -> raw scores, the exported graph
@@ -111,13 +100,11 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
-    fitting, validation = split_clips(cfg, folders)
+    fitting, validation = training_data.split_clips(folders, cfg.data.validation_clips)
     spec = build_spec(cfg, folders[0][1])
     log.info("reading %d training clips (%d held out for validation), patches %s", len(folders), len(validation), spec)
     clips = training_data.read_clips(folders, spec, cfg.data.max_frames, progress)
     is_val = np.isin(np.array(clips.clips)[clips.clip_ids], [name for name, _ in validation])
-    if cfg.data.frame_step < 1:
-        raise ValueError(f"data.frame_step must be >= 1, got {cfg.data.frame_step}")
     on_step = clips.frame_ids % cfg.data.frame_step == 0  # calibration still sees every frame
 
     def pick(mask):
@@ -125,8 +112,6 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
 
     fitting_mask = ~is_val & on_step
     if cfg.data.frames_file:
-        if cfg.data.frame_step != 1:
-            raise ValueError("data.frames_file and data.frame_step both choose the training frames: set only one")
         fitting_mask = ~is_val & training_data.frame_mask(clips, read_manifest(cfg.data.frames_file))
         log.info(
             "fitting on the %d frames listed in %s", len(np.unique(clips.frame_ids[fitting_mask])), cfg.data.frames_file

@@ -3,8 +3,10 @@
 Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
-the PUB socket as [b"event", JSON] (`Outbox`). Optionally every frame's scores go
-to a JSON lines file (evaluation, benchmarks).
+the PUB socket as [b"event", JSON] (`Outbox`); each frame's smoothed score is
+published as [b"score", JSON] (not logged: a live reading for the notifier's
+MQTT score topic). Optionally every frame's scores go to a JSON lines file
+(evaluation, benchmarks).
 
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
@@ -28,8 +30,9 @@ from . import telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
+from .links import Links
 from .messages import Message, MessageError
-from .outbox import Outbox
+from .outbox import SCORE_TOPIC, Outbox
 from .reorder import Reorder
 from .runtime import Inbox, make_socket
 from .security import curve_for
@@ -141,6 +144,8 @@ class Alerter:
         patch_scores = message.arrays["patch_scores"]
         smoothed = state.smoother.update(header["score"])
         telemetry.FRAME_SCORE.labels(message.camera).set(smoothed)
+        score = {"camera": message.camera, "seq": header["seq"], "capture_time": header["t_capture"], "score": smoothed}
+        self.outbox.publish([SCORE_TOPIC, json.dumps(score).encode()])
 
         def boxes() -> list[dict]:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
@@ -179,6 +184,13 @@ class Alerter:
                 self._emit(state.tracker.close(state.last_position, "shutdown"))
 
 
+def drop_subscribers(publisher: zmq.Socket, endpoint: str) -> None:
+    """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
+    log.warning("alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again")
+    publisher.unbind(publisher.getsockopt_string(zmq.LAST_ENDPOINT))
+    publisher.bind(endpoint)
+
+
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
     with ExitStack() as stack, zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         event_log = EventLog(cfg.alerter.event_log)
@@ -193,6 +205,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
         publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
+        publisher_links = Links(publisher, "alerter")
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
         stop.wait(SUBSCRIBER_GRACE_SECONDS)
@@ -218,6 +231,9 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         stage_time = telemetry.STAGE_SECONDS.labels("alerter")
         while inbox.open():
+            if curve is not None and curve.subscriber_revoked():
+                drop_subscribers(publisher, cfg.alerter.events_endpoint)
+            publisher_links.poll()
             message = inbox.receive()
             if message is not None:
                 started = time.perf_counter()
@@ -233,5 +249,6 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         alerter.shutdown()
         outbox.close()
         inbox.close()
+        publisher_links.close()
         publisher.close()
     return 0

@@ -28,6 +28,7 @@ from ..sources import FolderSource, Frame, SourceError, VideoSource, open_captur
 from . import messages, telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import CameraConfig, PipelineConfig
+from .links import Links
 from .runtime import make_socket, send_blocking
 from .security import curve_for
 
@@ -52,6 +53,7 @@ class FrameSender:
 
     def __init__(self, socket: zmq.Socket, camera: str, stop: threading.Event, cfg: PipelineConfig):
         self.socket = socket
+        self.links = Links(socket, "capture")
         self.camera = camera
         self.stop = stop
         self.linger_seconds = cfg.messaging.linger_seconds
@@ -69,7 +71,8 @@ class FrameSender:
     def _send(self, header: dict, arrays: dict | None = None) -> bool:
         parts = messages.encode({"camera": self.camera, "stream": self.stream, "seq": self.seq, **header}, arrays)
         self.checkpoint.write({"stream": self.stream, "next_seq": self.seq + 1})  # ahead of the send
-        if not send_blocking(self.socket, parts, self.stop, self.linger_seconds):
+        self.links.poll()
+        if not send_blocking(self.socket, parts, self.stop, self.linger_seconds, self.links):
             return False
         self.seq += 1
         return True
@@ -166,31 +169,42 @@ def recorded_sources(camera: CameraConfig) -> list[tuple[str, VideoSource | Fold
     return [(clip.name, FolderSource(clip.path)) for clip in clips]
 
 
+def playback_fps(camera: CameraConfig, sources: list) -> float:
+    """The rate recorded sources play at: `fps`, else the file's own, else Ped2's; SourceError if pacing lacks one."""
+    fps = camera.fps or getattr(sources[0][1], "fps", 0) or (PED2_FPS if camera.source_kind == "ped2" else 0)
+    if camera.pace and not fps:
+        raise SourceError(f"camera {camera.id}: pace: true needs fps (the source does not say its frame rate)")
+    return fps
+
+
 def recorded_frames(camera: CameraConfig, stop: threading.Event) -> Iterator[Captured]:
     """Frames of recorded sources in order, paced to `fps` if asked, looping if asked.
 
     The sources open now, so a missing file is an error at start rather than later.
     """
     sources = recorded_sources(camera)
-    fps = camera.fps or getattr(sources[0][1], "fps", 0) or (PED2_FPS if camera.source_kind == "ped2" else 0)
-    if camera.pace and not fps:
-        raise SourceError(f"camera {camera.id}: pace: true needs fps (the source does not say its frame rate)")
-    return _play(camera, sources, fps, stop)
+    return _play(camera, sources, playback_fps(camera, sources), stop)
 
 
 def _play(camera: CameraConfig, sources: list, fps: float, stop: threading.Event) -> Iterator[Captured]:
+    """Paced, like a camera: one frame every 1/fps s. After a stall (downstream took nothing for a while) it goes
+    on from the next frame at real time, rather than replaying the frames it fell behind by at full speed."""
     up = telemetry.CAMERA_UP.labels(camera.id)
     up.set(1)
-    started, count = time.monotonic(), 0
+    period = 1.0 / fps if camera.pace else 0.0
+    due = time.monotonic()
     while not stop.is_set():
         for clip, source in sources:
             skipped, reset = source.skipped, True
             for frame in source:
-                if camera.pace:
-                    stop.wait(max(0.0, started + count / fps - time.monotonic()))
+                now = time.monotonic()
+                if now < due:
+                    stop.wait(due - now)
+                elif now - due > period:  # more than a frame late: a stall, not jitter to make up
+                    due = now
+                due += period
                 if stop.is_set():
                     break
-                count += 1
                 frame.timestamp = time.time()  # captured now, after pacing
                 yield frame, clip, reset
                 reset = False
@@ -291,5 +305,6 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
             # Exiting now could drop frames still queued for a busy patch stage (ZeroMQ only lingers
             # so long); staying up until stopped keeps a recorded source lossless to the end.
             stop.wait()
+        sender.links.close()
         socket.close()
     return 0

@@ -25,8 +25,11 @@ from ..model import BUNDLED_MODEL, ModelCard
 from ..scoring import ScoringSettings
 from . import security
 from .messages import CAMERA_ID
+from .notify_config import NotifyConfig, cross_check
 
 IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
+MAX_WAIT_SECONDS = 3600.0  # longest wait a setting may ask for (ZeroMQ takes linger in int milliseconds)
+WILDCARD_HOSTS = ("*", "0.0.0.0", "::", "")
 
 
 @dataclass
@@ -35,8 +38,8 @@ class Backoff:
     max_seconds: float = 10.0
 
     def __post_init__(self):
-        if not 0 < self.initial_seconds <= self.max_seconds:
-            raise ValueError("needs 0 < initial_seconds <= max_seconds")
+        if not 0 < self.initial_seconds <= self.max_seconds <= MAX_WAIT_SECONDS:
+            raise ValueError(f"needs 0 < initial_seconds <= max_seconds <= {MAX_WAIT_SECONDS:g}")
 
     def delay(self, failures: int) -> float:
         """The wait after `failures` failures in a row (0: the first)."""
@@ -61,8 +64,8 @@ class CameraConfig:
     def __post_init__(self):
         if not CAMERA_ID.match(self.id):
             raise ValueError(f"camera id {self.id!r} must be 1-64 letters, digits, '_', '-' or '.'")
-        if self.buffer_frames < 1 or (self.fps is not None and self.fps <= 0):
-            raise ValueError(f"camera {self.id}: buffer_frames must be >= 1 and fps > 0")
+        if not 1 <= self.buffer_frames <= 1000 or (self.fps is not None and not 0.01 <= self.fps <= 1000):
+            raise ValueError(f"camera {self.id}: buffer_frames must be in 1..1000 and fps in 0.01..1000")
 
     @property
     def source_kind(self) -> str:
@@ -84,6 +87,10 @@ class CameraConfig:
 class PatcherConfig:
     threads: int = 1  # OpenCV threads per patch process (optical flow, resizing)
 
+    def __post_init__(self):
+        if not 0 <= self.threads <= 256:
+            raise ValueError("threads must be in 0..256")
+
 
 @dataclass
 class ScorerConfig:
@@ -97,8 +104,10 @@ class ScorerConfig:
     max_batch_patches: int = 256
 
     def __post_init__(self):
-        if self.processes < 0 or self.threads < 0 or self.batch_frames < 1 or self.max_batch_patches < 1:
-            raise ValueError("scorer processes and threads must be >= 0, batch_frames and max_batch_patches >= 1")
+        if not (0 <= self.processes <= 256 and 0 <= self.threads <= 256):
+            raise ValueError("scorer processes and threads must be in 0..256")
+        if not (1 <= self.batch_frames <= 1024 and 1 <= self.max_batch_patches <= 65536):
+            raise ValueError("batch_frames must be in 1..1024 and max_batch_patches in 1..65536")
 
 
 @dataclass
@@ -121,8 +130,8 @@ class AlerterConfig:
     def __post_init__(self):
         if min(self.end_after, self.update_every, self.max_boxes, self.max_pending, self.max_held_events) < 1:
             raise ValueError("end_after, update_every, max_boxes, max_pending and max_held_events must be >= 1")
-        if self.reorder_timeout <= 0 or self.log_retry_seconds <= 0:
-            raise ValueError("reorder_timeout and log_retry_seconds must be > 0")
+        if not (0 < self.reorder_timeout <= MAX_WAIT_SECONDS and 0 < self.log_retry_seconds <= MAX_WAIT_SECONDS):
+            raise ValueError(f"reorder_timeout and log_retry_seconds must be in (0, {MAX_WAIT_SECONDS:g}]")
 
 
 @dataclass
@@ -132,8 +141,28 @@ class MessagingConfig:
     linger_seconds: float = 5.0  # how long a stopping stage keeps trying to deliver what it sent
 
     def __post_init__(self):
-        if self.high_water_mark < 1 or self.max_message_bytes < 1024 or self.linger_seconds < 0:
-            raise ValueError("high_water_mark >= 1, max_message_bytes >= 1024 and linger_seconds >= 0 needed")
+        if not (
+            1 <= self.high_water_mark <= 100_000
+            and 1024 <= self.max_message_bytes <= 1 << 30
+            and 0 <= self.linger_seconds <= MAX_WAIT_SECONDS
+        ):
+            raise ValueError(
+                f"needs high_water_mark in 1..100000, max_message_bytes in 1024..{1 << 30} (1 GiB) "
+                f"and linger_seconds in 0..{MAX_WAIT_SECONDS:g}"
+            )
+
+
+@dataclass
+class MetricsTLSConfig:
+    """HTTPS for /metrics; with client_ca, only scrapers presenting a certificate it signed may read (mutual TLS).
+
+    `vad health` trusts the certificate it finds here and, with client_ca, presents it (and its key) as its own
+    client certificate: sign it with client_ca too (deploy/README.md shows how).
+    """
+
+    certificate: str  # PEM: this host's certificate, then any intermediates
+    key: str  # PEM: its private key
+    client_ca: str | None = None  # PEM: the CA that signs scrapers' client certificates
 
 
 @dataclass
@@ -145,6 +174,7 @@ class MetricsConfig:
     # `vad run` writes every process's endpoint here for Prometheus' file_sd_configs;
     # default RUN_DIR/prometheus/targets.json.
     targets_file: str | None = None
+    tls: MetricsTLSConfig | None = None  # needed (with client_ca) to offer metrics beyond loopback safely
 
     def __post_init__(self):
         if not 1 <= self.base_port <= 65000:
@@ -170,7 +200,8 @@ class CurveConfig:
     # The pipeline's key pair (NAME.key_secret from `vad keys generate`): binding stages serve with it,
     # connecting stages present it. Every host of one pipeline uses the same pair.
     secret_key: str | None = None
-    # Folder of public keys (*.key) allowed to connect: the pipeline's own, and one per alert subscriber.
+    # Folder of the public keys (*.key) of alert subscribers allowed to receive events (the pipeline's own key
+    # always is). Needed where the alerter runs; links between stages admit the pipeline's key alone.
     authorized_keys: str | None = None
 
     def __post_init__(self):
@@ -184,7 +215,7 @@ class CurveConfig:
                 security.load_key_pair(self.secret_key)
             except ValueError as e:
                 problems.append(f"secret_key: {e}")
-        if not self.authorized_keys or not Path(self.authorized_keys).is_dir():
+        if self.authorized_keys and not Path(self.authorized_keys).is_dir():
             problems.append(f"authorized_keys: {self.authorized_keys!r} is not a folder of public keys (*.key)")
         if problems:
             raise typed_config.ConfigError(problems)
@@ -202,7 +233,7 @@ class PipelineConfig:
     model: str | None = None  # .onnx with its .json card; default the bundled model
     run_dir: str = "runs/vad"  # ipc sockets and logs
     gate: bool = True  # use the card's cascade gate (motion); false sends every patch to the network
-    scoring: dict = field(default_factory=dict)  # overrides of the card's scoring settings, e.g. {threshold: 3.0}
+    scoring: dict = field(default_factory=dict)  # overrides of the card's scoring settings (ScoringSettings' fields)
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     alerter: AlerterConfig = field(default_factory=AlerterConfig)
@@ -210,6 +241,7 @@ class PipelineConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    notify: NotifyConfig | None = None  # MQTT and webhooks, delivered from the event log by the notifier stage
 
     def __post_init__(self):
         if not self.cameras:
@@ -227,14 +259,13 @@ class PipelineConfig:
         self.metrics.targets_file = self.metrics.targets_file or os.path.join(
             self.run_dir, "prometheus", "targets.json"
         )
-        problems = [
-            f"{where}: {problem}" for where, endpoint in self.endpoints() if (problem := endpoint_problem(endpoint))
-        ]
+        problems = endpoint_problems(self)
         if self.metrics.enabled and self.metrics.base_port + len(stage_refs(self)) > 65535:
             problems.append(f"metrics.base_port: {self.metrics.base_port} leaves too few ports for every process")
+        problems = scoring_problems(self.scoring) + cross_check(self.notify, ids) + (problems or port_clashes(self))
         if not self.security.allow_remote:
             remote = [(where, e) for where, e in self.endpoints() if e.startswith("tcp://") and not is_loopback(e)]
-            if self.metrics.enabled and not is_loopback(f"tcp://{self.metrics.host}:0"):
+            if self.metrics.enabled and not is_loopback_host(self.metrics.host):
                 remote.append(("metrics.host", self.metrics.host))
             problems += [
                 f"{where}: {address} is reachable from other hosts; set security.allow_remote: true to allow that "
@@ -266,18 +297,86 @@ class PipelineConfig:
         raise typed_config.ConfigError([f"no camera {camera_id!r} in cameras (have {[c.id for c in self.cameras]})"])
 
 
+def scoring_problems(overrides: dict) -> list[str]:
+    """Unknown keys, wrong types and out-of-range values among the `scoring:` overrides of the card's settings."""
+    problems: list[str] = []
+    typed_config.build(ScoringSettings, {**ScoringSettings().to_dict(), **overrides}, problems, "scoring")
+    threshold = overrides.get("threshold")
+    if not problems and threshold is not None and threshold <= 0:
+        problems.append(
+            f"scoring.threshold: must be > 0, got {threshold!r} (0 is a typical normal patch: every frame would alert)"
+        )
+    return problems
+
+
 def endpoint_problem(endpoint: str) -> str | None:
     if endpoint.startswith("ipc://"):
         if len(endpoint) - len("ipc://") > IPC_PATH_LIMIT:
             return f"ipc path too long for a Unix socket (shorten run_dir or use tcp://): {endpoint}"
     elif not endpoint.startswith("tcp://"):
         return f"endpoints must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}"
+    elif not host_and_port(endpoint)[1]:
+        return (
+            f"a tcp:// endpoint needs a port in 1..65535 (binding and connecting stages must agree), got {endpoint!r}"
+        )
     return None
+
+
+def endpoint_problems(cfg: PipelineConfig) -> list[str]:
+    """Malformed endpoints, and endpoints given to two links (the second stage to bind it would fail)."""
+    problems, first = [], {}
+    for where, endpoint in cfg.endpoints():
+        if problem := endpoint_problem(endpoint):
+            problems.append(f"{where}: {problem}")
+        elif endpoint in first:
+            problems.append(f"{where}: {endpoint} is also {first[endpoint]}; every link needs its own endpoint")
+        first.setdefault(endpoint, where)
+    return problems
+
+
+def host_and_port(endpoint: str) -> tuple[str, int | None]:
+    """('10.0.0.5', 5551) of tcp://10.0.0.5:5551; the port is None unless it is a number in 1..65535."""
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() and 1 <= int(port) <= 65535 else None
+
+
+def listeners(cfg: PipelineConfig) -> list[tuple[str, str, int]]:
+    """(setting, host, port) of every TCP port the config's processes listen on: tcp endpoints, then metrics.
+
+    A section that opens another port adds it here, so that it is checked against all the others.
+    """
+    ports = [(where, *host_and_port(e)) for where, e in cfg.endpoints() if e.startswith("tcp://")]
+    if cfg.metrics.enabled:
+        labels = [ref.label for ref in stage_refs(cfg)] + ["the supervisor"]
+        ports += [
+            (f"metrics port of {label} (metrics.base_port + {k})", cfg.metrics.host, cfg.metrics.base_port + k)
+            for k, label in enumerate(labels)
+        ]
+    return ports
+
+
+def port_clashes(cfg: PipelineConfig) -> list[str]:
+    """Two listeners on one port of one interface: the second process to bind it could never start."""
+    problems, taken = [], []
+    for where, host, port in listeners(cfg):
+        clash = next((w for w, h, p in taken if p == port and same_interface(h, host)), None)
+        if clash:
+            problems.append(f"{where}: port {port} on {host or '*'} is also {clash}")
+        taken.append((where, host, port))
+    return problems
+
+
+def same_interface(a: str, b: str) -> bool:
+    """Whether binding hosts a and b can share no port: equal, either a wildcard, or both loopback."""
+    return a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS or (is_loopback_host(a) and is_loopback_host(b))
 
 
 def is_loopback(endpoint: str) -> bool:
     """Whether a tcp://HOST:PORT endpoint names this host's loopback interface only."""
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    return is_loopback_host(host_and_port(endpoint)[0])
+
+
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -305,7 +404,7 @@ def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
     """Every stage process of a config, in start order; metrics ports follow this order."""
     refs = [StageRef(name, camera.id) for camera in cfg.cameras for name in ("capture", "patcher")]
     refs += [StageRef("scorer", index=k) for k in range(cfg.scorer.processes)]
-    return refs + [StageRef("alerter")]
+    return refs + [StageRef("alerter")] + [StageRef("notifier")] * (cfg.notify is not None)
 
 
 def metrics_port(cfg: PipelineConfig, ref: StageRef) -> int:
@@ -335,11 +434,8 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def scoring_settings(cfg: PipelineConfig, card: ModelCard) -> ScoringSettings:
-    """The card's operating point with the config's `scoring` overrides."""
-    try:
-        return ScoringSettings.from_dict({**card.scoring.to_dict(), **cfg.scoring})
-    except (TypeError, ValueError) as e:
-        raise typed_config.ConfigError([f"scoring: {e}"]) from None
+    """The card's operating point with the config's `scoring` overrides (checked when the config loaded)."""
+    return ScoringSettings.from_dict({**card.scoring.to_dict(), **cfg.scoring})
 
 
 def load(path: str | os.PathLike, overrides: dict | None = None) -> PipelineConfig:

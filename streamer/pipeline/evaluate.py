@@ -35,6 +35,8 @@ def score_ped2_pipeline(
     progress: bool = True,
 ) -> tuple[list[dict], int]:
     """Per-frame records like `score_ped2`'s, and the number of test frames that were not scored."""
+    if scorers < 1:
+        raise PipelineError(f"the pipeline needs at least one scorer process to score anything, got {scorers}")
     clips = {clip.name: clip for clip in ped2.test_clips(root)}
     run_dir = Path(tempfile.mkdtemp(prefix="vad-eval-"))
     try:

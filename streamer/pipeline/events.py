@@ -164,14 +164,80 @@ class EventLog:
         except sqlite3.Error as e:
             raise EventLogError(f"cannot read {self.path}: {e}") from None
 
-    def check_writable(self) -> None:
-        """EventLogError unless this process can write the log (a write lock, taken and given back)."""
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+class EventLogReader:
+    """Read-only queries for a process that follows the log (the notifier), on one connection kept open.
+
+    Rows are addressed by their id, which only grows (AUTOINCREMENT): a reader's
+    position is the last row it has dealt with. A log that does not exist yet, or
+    whose table the alerter has not created yet, reads as empty. `types` limits a
+    query to those event types.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.db: sqlite3.Connection | None = None
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            if self.db is None:
+                if not self.path.exists():
+                    return []
+                self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+            return self.db.execute(sql, args).fetchall()
         except sqlite3.Error as e:
-            raise EventLogError(f"cannot write to {self.path}: {e}") from None
+            self.close()  # the next query reopens: the file may have been replaced meanwhile
+            if "no such table" in str(e):
+                return []
+            raise EventLogError(f"cannot read {self.path}: {e}") from None
+
+    @staticmethod
+    def _of_types(types: tuple[str, ...] | None) -> tuple[str, tuple]:
+        return ("", ()) if types is None else (f" AND type IN ({', '.join('?' * len(types))})", tuple(types))
+
+    def after(self, row: int, limit: int, types: tuple[str, ...] | None = None) -> list[tuple[int, dict]]:
+        """(row, event) for up to `limit` events after `row`, oldest first."""
+        where, args = self._of_types(types)
+        rows = self._rows(f"SELECT id, body FROM events WHERE id > ?{where} ORDER BY id LIMIT ?", (row, *args, limit))
+        return [(row_id, json.loads(body)) for row_id, body in rows]
+
+    def backlog(self, row: int, types: tuple[str, ...] | None = None) -> tuple[int, float | None]:
+        """How many events come after `row`, and the `time` of the oldest of them (None if none)."""
+        where, args = self._of_types(types)
+        rows = self._rows(f"SELECT COUNT(*), MIN(time) FROM events WHERE id > ?{where}", (row, *args))
+        return rows[0] if rows else (0, None)
+
+    def keeping(self, row: int, keep: int, types: tuple[str, ...] | None = None) -> int:
+        """The row after which only the newest `keep` events after `row` remain (`row` if no more than that)."""
+        where, args = self._of_types(types)
+        rows = self._rows(
+            f"SELECT id FROM events WHERE id > ?{where} ORDER BY id DESC LIMIT 1 OFFSET ?", (row, *args, keep)
+        )
+        return rows[0][0] if rows else row
+
+    def before_time(self, time_: float) -> int:
+        """The last row whose event is older than `time_` (0 if none)."""
+        rows = self._rows("SELECT MAX(id) FROM events WHERE time < ?", (time_,))
+        return (rows[0][0] if rows else None) or 0
+
+    def first_event_id(self) -> str | None:
+        """The event id of the log's first row: it tells this log from one that replaced it."""
+        rows = self._rows("SELECT event_id FROM events ORDER BY id LIMIT 1")
+        return rows[0][0] if rows else None
+
+    def last_per_camera(self, up_to: int) -> list[dict]:
+        """The last event of each camera up to row `up_to`, oldest first."""
+        rows = self._rows(
+            "SELECT body FROM events WHERE id IN "
+            "(SELECT MAX(id) FROM events WHERE id <= ? GROUP BY camera) ORDER BY id",
+            (up_to,),
+        )
+        return [json.loads(body) for (body,) in rows]
 
     def close(self) -> None:
         if self.db is not None:
@@ -190,11 +256,14 @@ def read_events(path: str | os.PathLike) -> list[dict]:
 
 
 def events_after(path: str | os.PathLike, row_id: int) -> list[tuple[int, dict]]:
-    """(row id, event) for each event logged after row `row_id`, oldest first; none while the log does not exist."""
+    """(row id, event) for each event logged after row `row_id`, oldest first; none while the log does not exist
+    (or the alerter has created the file but not yet its table)."""
     if not Path(path).exists():
         return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
+            return []
         rows = db.execute("SELECT id, body FROM events WHERE id > ? ORDER BY id", (row_id,))
         return [(row, json.loads(body)) for row, body in rows]
     finally:

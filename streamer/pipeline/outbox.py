@@ -25,6 +25,7 @@ from .events import EventLog, EventLogError, closed_by_restart
 log = logging.getLogger(__name__)
 
 EVENT_TOPIC = b"event"
+SCORE_TOPIC = b"score"  # each frame's smoothed score, published by the alerter as it goes (best effort, not logged)
 REPORT_EVERY_SECONDS = 30.0
 
 

@@ -19,6 +19,7 @@ from ..patches import PatchExtractor
 from ..scoring import gate_mask
 from . import messages, telemetry
 from .config import PipelineConfig
+from .links import Links
 from .runtime import Inbox, make_socket, send_blocking
 from .security import curve_for
 
@@ -42,9 +43,10 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
             "patcher",
             stop,
             cfg.messaging,
-            connected=(camera.frames_endpoint,),
+            connected={camera.frames_endpoint: camera.id},
         )
         out = make_socket(ctx, zmq.PUSH, camera.patches_endpoint, bind=True, messaging=cfg.messaging, curve=curve)
+        out_links = Links(out, "patcher")
 
         def patch_message(message: messages.Message) -> list:
             if message.camera != camera.id:
@@ -69,14 +71,16 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
             )
 
         while inbox.open():
+            out_links.poll()
             message = inbox.receive()
             if message is None:
                 continue
             started = time.perf_counter()
             parts = inbox.handle(patch_message, message)
             stage_time.observe(time.perf_counter() - started)
-            if parts is not None and not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
+            if parts is not None and not send_blocking(out, parts, stop, cfg.messaging.linger_seconds, out_links):
                 log.warning("%s: downstream gone during shutdown; frame %d not passed on", camera.id, message.seq)
         inbox.close()
+        out_links.close()
         out.close()
     return 0

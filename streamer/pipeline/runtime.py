@@ -18,10 +18,10 @@ import time
 from collections import Counter
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from . import telemetry
 from .config import MessagingConfig
+from .links import Links
 from .messages import Message, MessageError, decode, receive, send
 from .security import Curve
 
@@ -94,7 +94,10 @@ def make_socket(
     """
     socket = ctx.socket(kind)
     if curve is not None:
-        (curve.server if bind else curve.client)(socket)
+        if bind:
+            curve.server(socket, events=kind == zmq.PUB)
+        else:
+            curve.client(socket)
     socket.setsockopt(zmq.MAXMSGSIZE, messaging.max_message_bytes)
     socket.setsockopt(zmq.SNDHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.RCVHWM, messaging.high_water_mark)
@@ -109,14 +112,19 @@ def make_socket(
     return socket
 
 
-def send_blocking(socket: zmq.Socket, parts: list, stop: threading.Event, linger_seconds: float) -> bool:
-    """Send, waiting while downstream is full; after a stop request give up after `linger_seconds`."""
+def send_blocking(
+    socket: zmq.Socket, parts: list, stop: threading.Event, linger_seconds: float, links: Links | None = None
+) -> bool:
+    """Send, waiting while downstream is full (reading the socket's `links` meanwhile: a refusal shows there);
+    after a stop request give up after `linger_seconds`."""
     deadline = None
     while True:
         try:
             send(socket, parts)
             return True
         except zmq.Again:
+            if links is not None:
+                links.poll()
             if stop.is_set():
                 deadline = deadline or time.monotonic() + linger_seconds
                 if time.monotonic() > deadline:
@@ -126,10 +134,12 @@ def send_blocking(socket: zmq.Socket, parts: list, stop: threading.Event, linger
 class Inbox:
     """Receives and checks messages on one socket; rejected ones are counted, logged and dropped.
 
-    `connected`: the endpoints the socket connected to. libzmq does not reconnect a
-    connection it dropped for a protocol error, which includes a part over MAXMSGSIZE,
-    so one oversized message would cut the stage off its upstream for good; the inbox
-    watches for dropped connections and makes them again.
+    `connected`: the endpoints the socket connected to, each with the camera whose
+    stream comes from it. Its `links` make dropped or refused connections again and
+    report refusals (see links.py); a link that closes after its camera's stream
+    ended is expected and logged as such. The monitor is read when no message is
+    waiting, or once a second; a dropped link is judged only when none is waiting,
+    so that its last messages, an `end` among them, are taken first.
     """
 
     def __init__(
@@ -138,48 +148,34 @@ class Inbox:
         stage: str,
         stop: threading.Event,
         messaging: MessagingConfig,
-        connected: tuple[str, ...] = (),
+        connected: dict[str, str] | None = None,
     ):
         self.socket = socket
         self.stage = stage
         self.stop = stop
         self.max_bytes = messaging.max_message_bytes
         self.linger_seconds = messaging.linger_seconds
-        self.connected = connected
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED) if connected else None
-        self._drops = 0
-        self._upstream_ended = False  # the last message was an end of stream
+        self.connected = connected or {}
+        self.links = Links(socket, stage, tuple(self.connected))
+        self._links_read = 0.0
         self._deadline: float | None = None
         self._drained = False
         self._rejections: Counter[str] = Counter()
 
-    def _reconnect_dropped(self) -> None:
-        while self._monitor is not None and self._monitor.poll(0):
-            endpoint = recv_monitor_message(self._monitor)["endpoint"].decode()
-            if endpoint not in self.connected:
-                continue
-            if self._upstream_ended:  # the upstream stage finished its stream and left: expected
-                log.info("%s: %s closed after the end of its stream", self.stage, endpoint)
-            elif self._count_drop():
-                log.warning(
-                    "%s: connection to %s dropped (%d so far: the peer restarted, or sent a message over "
-                    "max_message_bytes); connecting again",
-                    self.stage,
-                    endpoint,
-                    self._drops,
-                )
-            self.socket.disconnect(endpoint)
-            self.socket.connect(endpoint)
+    def _read_links(self) -> None:
+        now, waiting = time.monotonic(), bool(self.socket.poll(0))
+        if now - self._links_read >= 1.0 or not waiting:
+            self._links_read = now
+            self.links.poll(settle=not waiting)
 
-    def _count_drop(self) -> bool:
-        """Counts an unexpected drop; True when this one should be logged (the 1st, 10th, 100th, every 1000th)."""
-        self._drops += 1
-        return self._drops in (1, 10, 100) or self._drops % 1000 == 0
+    def _note_end(self, message: Message) -> None:
+        """Which connected endpoints' cameras have ended their stream (their links may close)."""
+        for endpoint, camera in self.connected.items():
+            if camera == message.camera:
+                (self.links.ended.add if message.kind == "end" else self.links.ended.discard)(endpoint)
 
     def close(self) -> None:
-        if self._monitor is not None:
-            self.socket.disable_monitor()
-            self._monitor.close()
+        self.links.close()
         self.socket.close()
 
     def open(self) -> bool:
@@ -191,7 +187,7 @@ class Inbox:
 
     def receive(self, timeout: float = IDLE_SECONDS) -> Message | None:
         """The next good message, or None when none arrived within `timeout` seconds."""
-        self._reconnect_dropped()
+        self._read_links()
         if not self.socket.poll(int(timeout * 1000)):
             self._drained = self.stop.is_set()
             return None
@@ -215,7 +211,7 @@ class Inbox:
         except MessageError as e:
             self.reject(e)
             return None
-        self._upstream_ended = message.kind == "end"
+        self._note_end(message)
         return message
 
     def handle(self, work, *args):

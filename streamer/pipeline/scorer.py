@@ -20,6 +20,7 @@ from ..patches import PatchSpec, patch_boxes
 from ..scoring import calibrated_frame, frame_score
 from . import messages, telemetry
 from .config import PipelineConfig, scoring_settings
+from .links import Links
 from .messages import Message, MessageError
 from .runtime import Inbox, make_socket, send_blocking
 from .security import curve_for
@@ -72,11 +73,12 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
         )
         for camera in cfg.cameras[1:]:
             socket.connect(camera.patches_endpoint)
-        inbox = Inbox(socket, "scorer", stop, cfg.messaging, connected=tuple(c.patches_endpoint for c in cfg.cameras))
+        inbox = Inbox(socket, "scorer", stop, cfg.messaging, connected={c.patches_endpoint: c.id for c in cfg.cameras})
         out = make_socket(ctx, zmq.PUSH, cfg.alerter.scores_endpoint, bind=False, messaging=cfg.messaging, curve=curve)
+        out_links = Links(out, "scorer", (cfg.alerter.scores_endpoint,))
 
         def forward(parts: list) -> None:
-            if not send_blocking(out, parts, stop, cfg.messaging.linger_seconds):
+            if not send_blocking(out, parts, stop, cfg.messaging.linger_seconds, out_links):
                 log.warning("scorer %d: alerter gone during shutdown; a result was not delivered", index)
 
         def admit(message: Message) -> Message | None:
@@ -107,6 +109,9 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
             return results
 
         while inbox.open():
+            # The alerter leaving once every camera's stream has ended is a clean stop, not a dropped link.
+            out_links.ended = set(out_links.connected) if inbox.links.ended == set(inbox.connected) else set()
+            out_links.poll()
             first = inbox.receive()
             if first is None:
                 continue
@@ -139,6 +144,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
                         model=card.onnx_sha256,
                     )
                 )
-        socket.close()
+        inbox.close()
+        out_links.close()
         out.close()
     return 0

@@ -3,8 +3,9 @@
 Each stage is `python -m streamer.cli stage NAME --config FILE`, the same command
 that runs a stage alone on another host. Children get their own session, so a
 terminal's Ctrl-C reaches only the supervisor, which then stops the stages
-upstream first (capture, patch, scorer, alerter): each finishes what it was sent
-before it exits, and the alerter closes open events, so nothing in flight is lost.
+upstream first (capture, patch, scorer, alerter, notifier): each finishes what it
+was sent before it exits, the alerter closes open events, and the notifier
+delivers what the log holds, so nothing in flight is lost.
 
 A stage that exits while the pipeline runs (a crash, kill -9, the OOM killer) is
 started again after a wait that doubles with each failure in a row (capped at
@@ -33,46 +34,15 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..model import ModelError, PatchModel
-from ..sources import SourceError
 from . import telemetry
-from .capture import recorded_sources
 from .config import PipelineConfig, StageRef, metrics_port, stage_refs, supervisor_metrics_port
-from .events import EventLog, EventLogError
 from .runtime import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
-STOP_ORDER = ("capture", "patcher", "scorer", "alerter")
+STOP_ORDER = ("capture", "patcher", "scorer", "alerter", "notifier")
 POLL_SECONDS = 0.2
 CRASH_LOOP = 5  # failures in a row, each within stable_seconds of its start, reported as a crash loop
-
-
-def preflight(cfg: PipelineConfig) -> None:
-    """Fail before starting anything on what would fail in a stage: the model, recorded sources, the event log.
-
-    Every problem is reported, each with the setting it comes from, as one ConfigError.
-    """
-    problems = []
-    try:
-        PatchModel(cfg.model, device="cpu", threads=1)
-    except ModelError as e:
-        problems.append(f"model: {e}")
-    for i, camera in enumerate(cfg.cameras):
-        if camera.source_kind not in ("camera", "url"):
-            try:
-                recorded_sources(camera)
-            except SourceError as e:
-                problems.append(f"cameras[{i}].source: {e}")
-    event_log = EventLog(cfg.alerter.event_log)
-    try:
-        event_log.check_writable()
-    except EventLogError as e:
-        problems.append(f"alerter.event_log: {e}")
-    finally:
-        event_log.close()
-    if problems:
-        raise ConfigError(problems)
 
 
 class Child:
@@ -194,7 +164,7 @@ class Supervisor:
             return
         port = supervisor_metrics_port(self.cfg)
         try:
-            telemetry.serve(self.cfg.metrics.host, port)
+            telemetry.serve(self.cfg.metrics, port)
         except OSError as e:
             raise ConfigError([f"metrics: cannot serve on {self.cfg.metrics.host}:{port}: {e.strerror or e}"]) from None
         write_targets(self.cfg)

@@ -12,6 +12,8 @@ reports `process_resident_memory_bytes` and CPU time.
 from __future__ import annotations
 
 import logging
+import ssl
+import urllib.request
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
@@ -62,6 +64,18 @@ MESSAGES_REJECTED = Counter(
     "vad_messages_rejected", "Messages dropped as unusable (malformed, oversized, ...)", ["stage", "reason"]
 )
 MODEL_INFO = Info("vad_model", "The model this scorer runs")
+HANDSHAKES_FAILED = Counter(
+    "vad_handshakes_failed",
+    "Refused ZeroMQ handshakes (CURVE): side 'server' when this process refused a client, 'client' when a server "
+    "refused it; reason not_authorized (key not in authorized_keys), curve_mismatch (CURVE on at one end only), "
+    "wrong_key (the hosts hold different pipeline key pairs), other",
+    ["stage", "side", "reason"],
+)
+LINKS_REFUSED = Gauge(
+    "vad_links_refused",
+    "Endpoints this process connects to that refuse its handshake right now: connected, but refused",
+    ["stage"],
+)
 
 # The supervisor's.
 STAGE_UP = Gauge("vad_stage_up", "1 while the stage process runs, 0 while it waits to be restarted", ["stage"])
@@ -84,6 +98,30 @@ EVENTS_LOST = Counter(
     registry=None,
 )
 
+# The notifier's, one series per destination ("mqtt", or a webhook's name).
+NOTIFY_DELIVERED = Counter(
+    "vad_notify_delivered", "Events a destination acknowledged (broker PUBACK, HTTP 2xx)", ["destination"]
+)
+NOTIFY_FAILED = Counter(
+    "vad_notify_failed",
+    "Delivery attempts that failed (connection refused or lost, timeout, HTTP error status)",
+    ["destination"],
+)
+NOTIFY_RETRIED = Counter("vad_notify_retried", "Delivery attempts made after a failed one", ["destination"])
+NOTIFY_DROPPED = Counter(
+    "vad_notify_dropped",
+    "Events given up undelivered: more than max_queue waited (queue), or older than max_age_seconds (age)",
+    ["destination", "reason"],
+)
+NOTIFY_LAG_EVENTS = Gauge(
+    "vad_notify_lag_events", "Event-log rows a destination has not taken yet (of the types it gets)", ["destination"]
+)
+NOTIFY_LAG_SECONDS = Gauge(
+    "vad_notify_lag_seconds",
+    "Age of the oldest event a destination has not taken yet; 0 when caught up",
+    ["destination"],
+)
+
 
 def register_alerter_metrics() -> None:
     for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST):
@@ -93,7 +131,49 @@ def register_alerter_metrics() -> None:
             pass
 
 
-def serve(host: str, port: int) -> None:
-    """Serve /metrics from a background thread of this process."""
-    start_http_server(port, addr=host)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+def fetch(metrics, port: int, timeout: float) -> str:
+    """The /metrics text a local process serves on `port`, over TLS as the config says; OSError if none answers.
+
+    With TLS it trusts exactly the certificate the config names (the one being served) and, with client_ca,
+    presents it as its own client certificate.
+    """
+    host = metrics.host if metrics.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    address = f"[{host}]" if ":" in host else host
+    context = None
+    if metrics.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # the certificate is pinned below, whatever name it carries
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.load_verify_locations(metrics.tls.certificate)
+        if metrics.tls.client_ca:
+            context.load_cert_chain(metrics.tls.certificate, metrics.tls.key)
+    scheme = "http" if context is None else "https"
+    url = f"{scheme}://{address}:{port}/metrics"
+    try:
+        return urllib.request.urlopen(url, timeout=timeout, context=context).read().decode()
+    except OSError as e:
+        raise OSError(f"{url} ({e})") from None
+
+
+def serve(metrics, port: int) -> None:
+    """Serve /metrics (metrics: the config's MetricsConfig) from a background thread of this process."""
+    tls = metrics.tls
+    if tls is None:
+        start_http_server(port, addr=metrics.host)
+    else:
+        start_http_server(
+            port,
+            addr=metrics.host,
+            certfile=tls.certificate,
+            keyfile=tls.key,
+            client_cafile=tls.client_ca,
+            client_auth_required=tls.client_ca is not None,
+        )
+    scheme = "http" if tls is None else "https"
+    log.info(
+        "metrics on %s://%s:%d/metrics%s",
+        scheme,
+        metrics.host,
+        port,
+        " (client certificates)" * bool(tls and tls.client_ca),
+    )
