@@ -330,9 +330,13 @@ def main() -> None:
     models = bundled_models()
     specs = {path: ModelCard.load(card_path_for(path)).patch for path in models}
     try:
+        step("provider")
         report["provider"] = [check_provider(path, device, specs[path]) for path in models]  # fail fast
+        step(f"patches of {args.frames} test frames")
         frames = {spec: test_frame_patches(data, spec, args.frames) for spec in set(specs.values())}
+        step("agreement")
         report["agreement"] = [agreement(path, device, frames[specs[path]], args.tolerance) for path in models]
+        step("patches/s")
         report["speed"] = [
             patches_per_second(
                 path, device, frames[specs[path]].reshape(-1, *frames[specs[path]].shape[2:]), b, args.seconds
@@ -340,12 +344,20 @@ def main() -> None:
             for path in models
             for b in args.batch_sizes
         ]
+        step("live calls")
         report["live_calls"] = [live_calls(path, device, frames[specs[path]]) for path in models]
+        step("end to end")
         report["end_to_end"] = [
             end_to_end(data, device, n, args.camera_frames, args.max_batch_patches) for n in args.cameras
         ]
     except CheckFailed as failure:
+        env = report["environment"]
         print(f"\nGPU CHECK FAILED: {failure.message}", file=sys.stderr)
+        print(
+            f"onnxruntime {env['onnxruntime']}, providers {', '.join(env['providers_available'])}; "
+            f"GPUs: {'; '.join(env.get('gpus', [])) or 'nvidia-smi not found'}",
+            file=sys.stderr,
+        )
         report["failure"] = failure.message
         write(report, args.out, started)
         raise
@@ -354,6 +366,10 @@ def main() -> None:
     print_table(report)
     if not report["passed"]:
         raise SystemExit(1)
+
+
+def step(name: str) -> None:
+    print(f"gpu_check: {name} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
 
 
 def write(report: dict, out: str, started: float) -> None:

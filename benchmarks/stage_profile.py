@@ -239,7 +239,7 @@ def main() -> None:
     from streamer import ped2
     from streamer.model import BUNDLED_MODEL
 
-    args.data = str(ped2.resolve_root(args.data))
+    args.data = str(ped2.resolve_root(args.data).resolve())
     model = str(Path(args.model or BUNDLED_MODEL).resolve())
     if args.worker:
         print(json.dumps(profile(args.data, model, args.frames, args.batch_frames)))

@@ -47,7 +47,7 @@ def tune_allocator() -> bool:
     glibc's initial 128 KiB mmap threshold: each is then mapped and unmapped again, and its pages fault in
     zeroed on every frame. glibc raises the threshold itself only once a larger block is freed, which may
     never happen. Setting it (and the trim threshold with it) at start keeps those buffers in the heap;
-    Farneback flow on a Ped2 frame pair costs about a third less CPU (docs/benchmarks.md).
+    without it, Farneback flow on Ped2 frames took 1.34x the CPU time (docs/benchmarks.md, "The cuts").
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
     if mallopt is None:
