@@ -75,10 +75,10 @@ def main() -> None:
     columns = [(level, t) for level in args.graph_optimization for t in args.threads]
     named = len(args.graph_optimization) > 1 or args.graph_optimization != ["all"]
     headers = [f"{f'{level}, ' if named else ''}{t} thread(s)" for level, t in columns]
-    print(f"{'model':<22}" + "".join(f"{h:>20}" for h in headers) + "   (patches/s on CPU)")
+    print(f"{'model':<22}" + "".join(f"{h:>24}" for h in headers) + "   (patches/s on CPU)")
     for path in models:
         rates = [patches_per_second(path, t, args.batch, args.seconds, level, args.repeats) for level, t in columns]
-        print(f"{path.stem:<22}" + "".join(f"{r:>20,.0f}" for r in rates), flush=True)
+        print(f"{path.stem:<22}" + "".join(f"{r:>24,.0f}" for r in rates), flush=True)
 
 
 if __name__ == "__main__":
