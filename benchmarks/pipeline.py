@@ -18,6 +18,10 @@
    capture->score and capture->alert, frames dropped, and each stage process's
    resident memory (from its /metrics) after warm-up and at the end.
 
+With --media both are also run with event media on (start and peak snapshots, score
+traces, clips; docs/review.md), side by side with them off: the Ped2 test clips
+hold many anomalies, so media work goes on most of the time.
+
 Figures depend on the machine and on what else runs on it: the table says the
 CPU count and load average.
 """
@@ -56,7 +60,13 @@ THROUGHPUT_TIMEOUT = 600.0  # seconds for one unpaced pass over the test clips
 
 
 def write_config(
-    run_dir: Path, args, camera: dict, gate: bool = True, metrics: bool = False, model: str | None = None
+    run_dir: Path,
+    args,
+    camera: dict,
+    gate: bool = True,
+    metrics: bool = False,
+    model: str | None = None,
+    media: bool | None = False,
 ) -> Path:
     config = {
         "model": str(model or args.model),
@@ -67,7 +77,10 @@ def write_config(
         "alerter": {
             "events_endpoint": f"ipc://{run_dir}/events",
             "score_log": str(run_dir / "scores.jsonl"),
-            "exit_at_end": False,
+            # unpaced: the alerter ends the run once its media are written (otherwise the benchmark stops it)
+            "exit_at_end": bool(media) and not camera.get("loop", False),
+            # None: code from before event media (the baseline), which knows no such key
+            **({"media": {"enabled": media}} if media is not None else {}),
         },
         "metrics": {"base_port": pipeline_config.free_port_base(4 + args.scorers)} if metrics else {"enabled": False},
         "supervisor": {"restart": False},  # a measurement, not a daemon: a failed stage ends it
@@ -93,13 +106,13 @@ def scrape(port: int) -> dict[tuple, float]:
     }
 
 
-def throughput(args, gate: bool, tree: Path = REPO, model: str | None = None) -> dict:
+def throughput(args, gate: bool, tree: Path = REPO, model: str | None = None, media: bool | None = False) -> dict:
     """One unpaced pass over the test clips by `vad run` with the `streamer` package in `tree`."""
     clips = {clip.name: clip for clip in ped2.test_clips(args.data)}
     expected = sum(clip.frame_count for clip in clips.values())
     run_dir = Path(tempfile.mkdtemp(prefix="vad-bench-"))
     try:
-        config = write_config(run_dir, args, {}, gate=gate, metrics=True, model=model)
+        config = write_config(run_dir, args, {}, gate=gate, metrics=True, model=model, media=media)
         cfg = pipeline_config.load(config)
         ports = {ref.label: pipeline_config.metrics_port(cfg, ref) for ref in pipeline_config.stage_refs(cfg)}
         command = [sys.executable, "-m", "streamer.cli", "--log-level", "warning", "run", "--config", str(config)]
@@ -109,10 +122,17 @@ def throughput(args, gate: bool, tree: Path = REPO, model: str | None = None) ->
             cpu_first = {label: cpu_seconds(port) for label, port in ports.items()}
             last = wait_for_scores(run_dir, expected, process)
             cpu_last = {label: cpu_seconds(port) for label, port in ports.items()}
+            if media:  # the alerter ends the run once its media are written
+                process.wait(timeout=THROUGHPUT_TIMEOUT)
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait()
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            code = process.wait()
+        finished = time.time()
+        if media and code != 0:
+            raise SystemExit(f"throughput run failed (status {code})")
         scores = read_scores(run_dir)
+        snapshots = len(list(run_dir.glob("snapshots/*/*.jpg")))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     records = [
@@ -127,6 +147,8 @@ def throughput(args, gate: bool, tree: Path = REPO, model: str | None = None) ->
         "patches_per_frame": float(np.mean([s["active"] for s in scores])),
         "eer": summarize(records)["eer"],
         "cpu_ms": {label: (cpu_last[label] - cpu_first[label]) / (last - first) * 1000 for label in ports},
+        "snapshots": snapshots,
+        "tail": finished - max(s["t_alert"] for s in scores),
     }
 
 
@@ -150,12 +172,12 @@ def cpu_seconds(port: int) -> float:
     return scrape(port)[("process_cpu_seconds_total", ())]
 
 
-def throughput_rounds(args, gate: bool, arms: dict) -> dict:
+def throughput_rounds(args, gate: bool, arms: dict, media: bool = False) -> dict:
     """Median throughput per arm over `args.rounds` rounds, the arms taking turns within each round."""
     results = {name: [] for name in arms}
     for round_number in range(args.rounds):
         for name, (tree, model) in arms.items():
-            result = throughput(args, gate, tree, model)
+            result = throughput(args, gate, tree, model, media if name == "current" else None)
             results[name].append(result)
             print(
                 f"gate {'on' if gate else 'off'}, round {round_number + 1}, {name}: {result['fps']:.1f} frames/s",
@@ -171,23 +193,26 @@ def median_result(rounds: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "all_fps": [r["fps"] for r in rounds]}
 
 
-def throughput_row(arm: str, gate: bool, result: dict) -> tuple[str, str, str]:
+def throughput_row(arm: str, gate: bool, result: dict, media_compared: bool, media: bool = False) -> tuple:
     name = "cascade gate on" if gate else "gate off (every patch to the network)"
+    name += f", event media {'on' if media else 'off'}" if media_compared else ""
+    wrote = f"; {result['snapshots']} snapshots, done {result['tail']:.1f} s after the last alert" if media else ""
     cpu = ", ".join(f"{label.split('[')[0]} {ms:.2f}" for label, ms in result["cpu_ms"].items())
     rounds = f"; rounds {', '.join(f'{fps:.1f}' for fps in result['all_fps'])}" if len(result["all_fps"]) > 1 else ""
     return (
         f"end-to-end, sources unpaced, {name}" + (f", {arm}" if arm else ""),
         f"{result['fps']:.1f} frames/s ({result['frames']} frames in {result['seconds']:.1f} s; "
         f"{result['patches_per_frame']:.0f} patches/frame to the network; EER {result['eer']:.2%}; "
-        f"CPU ms/frame: {cpu}{rounds})",
+        f"CPU ms/frame: {cpu}{rounds}{wrote})",
         ">= 100 frames/s" if gate else "",
     )
 
 
-def latency(args) -> dict:
+def latency(args, media: bool = False) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="vad-bench-"))
     try:
-        config = write_config(run_dir, args, {"pace": True, "fps": 10.0, "loop": True, "live": True}, metrics=True)
+        camera = {"pace": True, "fps": 10.0, "loop": True, "live": True}
+        config = write_config(run_dir, args, camera, metrics=True, media=media)
         cfg = pipeline_config.load(config)
         ports = {ref.label: pipeline_config.metrics_port(cfg, ref) for ref in pipeline_config.stage_refs(cfg)}
         supervisor = Supervisor(config, cfg, log_level="warning")
@@ -205,6 +230,7 @@ def latency(args) -> dict:
         finally:
             supervisor.stop()
         scores = read_scores(run_dir)[WARM_UP_FRAMES:]
+        clips = len(list(run_dir.glob("snapshots/*/clip.*")))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     to_score = np.array([s["t_scored"] - s["t_capture"] for s in scores]) * 1000
@@ -217,7 +243,42 @@ def latency(args) -> dict:
         "score_ms": np.percentile(to_score, [50, 99, 100]),
         "alert_ms": np.percentile(to_alert, [50, 99, 100]),
         "rss": rss,
+        "clips": clips,
     }
+
+
+def latency_rows(rows: list, result: dict, args, media: bool) -> None:
+    condition = f", event media {'on' if media else 'off'}" if args.media else ""
+    rows.append(
+        (
+            f"capture -> score at 10 fps{condition}, p50 / p99 / max",
+            "{:.0f} / {:.0f} / {:.0f} ms".format(*result["score_ms"]),
+            "",
+        )
+    )
+    clips = f" ({result['clips']} clips written)" if media else ""
+    rows.append(
+        (
+            f"capture -> alert at 10 fps{condition}, p50 / p99 / max",
+            "{:.0f} / {:.0f} / {:.0f} ms{}".format(*result["alert_ms"], clips),
+            "p99 <= 100 ms",
+        )
+    )
+    rows.append(
+        (
+            f"frames dropped at 10 fps over {args.duration:.0f} s{condition}",
+            f"{result['dropped']:.0f} of {result['captured'] + result['dropped']:.0f}",
+            "0",
+        )
+    )
+    for label, samples in result["rss"].items():
+        rows.append(
+            (
+                f"RSS {label}{condition}: after warm-up, half-way, end",
+                f"{samples[0]:.0f}, {samples[len(samples) // 2]:.0f}, {samples[-1]:.0f} MiB",
+                "flat",
+            )
+        )
 
 
 def rss_of(port: int) -> float:
@@ -240,6 +301,7 @@ def main() -> None:
         help="git revision whose streamer/ runs the baseline (default %(default)s, before the throughput work)",
     )
     parser.add_argument("--rounds", type=int, help="throughput runs per arm (default 5 with --baseline, else 1)")
+    parser.add_argument("--media", action="store_true", help="also run with event media on (snapshots, clips)")
     args = parser.parse_args()
     args.data = ped2.resolve_root(args.data).resolve()
     args.model = str(Path(args.model).resolve())
@@ -256,40 +318,15 @@ def main() -> None:
             for gate in gates:
                 results = throughput_rounds(args, gate, arms)
                 for name, result in results.items():
-                    rows.append(throughput_row(name if args.baseline else "", gate, result))
+                    rows.append(throughput_row(name if args.baseline else "", gate, result, args.media))
                 if args.baseline:
                     speedups.append((gate, results["baseline"], results["current"]))
+        if args.media:  # this checkout only: the baseline's code has no event media
+            result = throughput_rounds(args, True, {"current": arms["current"]}, media=True)["current"]
+            rows.append(throughput_row("current" if args.baseline else "", True, result, args.media, media=True))
     if "latency" not in args.skip:
-        result = latency(args)
-        rows.append(
-            (
-                "capture -> score at 10 fps, p50 / p99 / max",
-                "{:.0f} / {:.0f} / {:.0f} ms".format(*result["score_ms"]),
-                "",
-            )
-        )
-        rows.append(
-            (
-                "capture -> alert at 10 fps, p50 / p99 / max",
-                "{:.0f} / {:.0f} / {:.0f} ms".format(*result["alert_ms"]),
-                "p99 <= 100 ms",
-            )
-        )
-        rows.append(
-            (
-                f"frames dropped at 10 fps over {args.duration:.0f} s",
-                f"{result['dropped']:.0f} of {result['captured'] + result['dropped']:.0f}",
-                "0",
-            )
-        )
-        for label, samples in result["rss"].items():
-            rows.append(
-                (
-                    f"RSS {label}: after warm-up, half-way, end",
-                    f"{samples[0]:.0f}, {samples[len(samples) // 2]:.0f}, {samples[-1]:.0f} MiB",
-                    "flat",
-                )
-            )
+        for media in [False] + [True] * args.media:
+            latency_rows(rows, latency(args, media), args, media)
 
     print(
         f"\nmodel {Path(args.model).name} ({model.card.method}, {model.provider}), {args.scorers} scorer(s) x "

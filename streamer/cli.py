@@ -66,6 +66,11 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         )
     print(f"causal pooled (headline):        EER {report['eer']:.2%}  AUC {report['auc']:.4f}")
     print(f"per-video min-max (non-causal):  EER {report['eer_normalized']:.2%}  AUC {report['auc_normalized']:.4f}")
+    point = report["at_threshold"]
+    print(
+        f"at threshold {point['threshold']:.4g}:          recall {point['recall']:.2%} of anomalous frames, "
+        f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
+    )
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
     skipped = report["frames_skipped"]
@@ -369,7 +374,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints what matters; stage warnings still show
     notify = demo_notify(args.mqtt, args.webhook)
-    return run_demo(args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify)
+    return run_demo(
+        args.model, args.clip, not args.fast, args.metrics_port, args.json, notify=notify, ui=not args.no_ui
+    )
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.server import serve, site_for_config, site_for_run_dir
+
+    if args.config:
+        from .pipeline import config as pipeline_config
+
+        site = site_for_config(pipeline_config.load(args.config), args.host, args.port)
+    else:
+        site = site_for_run_dir(args.run_dir, args.host or "127.0.0.1", args.port or 8080)
+    print(f"review page: {site.url}{'  (needs the token: open ?token=TOKEN once)' if site.token else ''}", flush=True)
+    serve(site)
+    return 0
 
 
 def at_least(low: int):
@@ -452,7 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt", metavar="HOST[:PORT]", help="also deliver to this MQTT broker (topics vad/#, Home Assistant)"
     )
     p.add_argument("--webhook", metavar="URL", help="also POST start and end events to this URL")
+    p.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="no review page (without this, the page is served during the run, and after it until Ctrl-C when "
+        "the output is a terminal)",
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="serve the event review page: events, snapshots, clips, camera states")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the pipeline YAML the daemon runs (its ui: section, event log, metrics)")
+    where.add_argument("--run-dir", help="a run folder alone (its events.sqlite and snapshots/)")
+    p.add_argument("--host", help="address to serve on (default ui.host, 127.0.0.1); beyond loopback needs a token")
+    p.add_argument("--port", type=int, help="default ui.port, 8080")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("run", help="run the streaming pipeline: every stage as its own process, supervised")
     p.add_argument("--config", required=True, help="pipeline YAML (see configs/camera.yaml)")

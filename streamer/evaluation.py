@@ -75,6 +75,21 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def operating_point(records: list[dict], threshold: float) -> dict:
+    """What an operator sees at `threshold`: the share of anomalous frames flagged, overall and per clip, and
+    the share of normal frames flagged (false alarms). A frame is flagged at score >= threshold, as live."""
+    scores = np.array([r["score"] for r in records])
+    labels = np.array([r["label"] for r in records], dtype=bool)
+    videos = np.array([r["video"] for r in records])
+    flagged = scores >= threshold
+    return {
+        "threshold": float(threshold),
+        "recall": float(flagged[labels].mean()),
+        "false_alarm_rate": float(flagged[~labels].mean()),
+        "recall_by_clip": {str(v): float(flagged[labels & (videos == v)].mean()) for v in np.unique(videos[labels])},
+    }
+
+
 def draw_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str], path: Path) -> None:
     """A plain ROC plot with OpenCV (no plotting dependency)."""
     size, margin = 560, 60
@@ -187,6 +202,7 @@ def evaluate_ped2(
         "auc_normalized": summary["auc_normalized"],
         "normalized_protocol": "non-causal: scores min-max normalised within each test clip",
         "scoring": (settings or model.card.scoring).to_dict(),
+        "at_threshold": operating_point(records, (settings or model.card.scoring).threshold),
         "frames_scored": len(records),
         "frames_skipped": skipped,
         # label-free: how much of the test set is busier than the training clips (None: the card does not say)

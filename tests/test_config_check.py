@@ -54,7 +54,7 @@ def test_every_problem_is_listed_with_its_path_and_run_refuses_with_the_same(tmp
         "model: environment variable ${VAD_TEST_UNSET_MODEL} is not set",
         "cameras[0].pace: expected true or false, got 'sometimes'",
         "cameras[1].zoom: unknown setting (known: buffer_frames, data, fps, frames_endpoint, id, kind, live, loop, "
-        "pace, patches_endpoint, reconnect, source)",
+        "pace, patches_endpoint, preview_endpoint, reconnect, source)",
         "scorer.processes: expected an integer, got 'two'",
         "alerter: end_after, update_every, max_boxes, max_pending and max_held_events must be >= 1",
     ]

@@ -4,7 +4,7 @@ import cv2
 import pytest
 
 from streamer.cli import main
-from streamer.evaluation import evaluate_ped2
+from streamer.evaluation import evaluate_ped2, operating_point
 from streamer.model import BUNDLED_MODEL, ModelCard, card_path_for
 
 from .conftest import needs_ped2, ped2_root
@@ -30,6 +30,19 @@ def test_eval_cli_writes_report_and_roc(tiny_model, synthetic_ped2, tmp_path, ca
     assert roc is not None and roc.shape[0] > 100
     # A model trained on slow movers must notice the fast one in this easy synthetic case.
     assert report["auc"] > 0.8, report["auc"]
+    point = report["at_threshold"]
+    assert point["threshold"] == ModelCard.load(card_path_for(tiny_model)).scoring.threshold
+    assert point == operating_point(frames, point["threshold"]) and f"at threshold {point['threshold']:.4g}" in printed
+
+
+def test_operating_point_by_hand():
+    frames = [
+        {"video": "a", "score": s, "label": y}
+        for s, y in [(0.1, 0), (2.0, 0), (1.0, 0), (3.0, 1), (0.5, 1)]  # normal frames: one of three at 2 or more
+    ] + [{"video": "b", "score": 2.0, "label": 1}]
+    point = operating_point(frames, 2.0)  # a score equal to the threshold is flagged, as the alerter does
+    assert point["recall"] == pytest.approx(2 / 3) and point["false_alarm_rate"] == pytest.approx(1 / 3)
+    assert point["recall_by_clip"] == {"a": 0.5, "b": 1.0}
 
 
 def test_eval_skips_and_reports_a_corrupt_test_frame(tiny_model, synthetic_ped2, tmp_path):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from streamer import config
 from streamer.model import PatchModel, create_session
@@ -12,7 +13,16 @@ from streamer.patches import PatchSpec
 from training.config import TrainConfig
 from training.dec import CentroidDistance, kl_divergence, soft_assignment, target_distribution
 from training.export import check_parity, export_onnx
-from training.ics import ICSLoss, ICSNet, closeness_loss, dispersion_loss, intra_class_loss, split_atypical
+from training.ics import (
+    ICSLoss,
+    ICSNet,
+    classification_loss,
+    closeness_loss,
+    dispersion_loss,
+    intra_class_loss,
+    split_atypical,
+)
+from training.loops import mean_loss
 from training.nets import ConvAutoencoder
 from training.sdae import SDAE, SDAEEncoder
 from training.ssim import C1, ssim
@@ -97,21 +107,50 @@ def test_ssim_by_hand():
     assert float(ssim(x, y)) == pytest.approx((1 + luminance) / 2, rel=1e-4)  # channel mean
 
 
-def test_ics_loss_takes_the_three_losses_in_turn():
+def test_ics_loss_alternates_the_pair_step_and_a_balanced_classification_step():
     torch.manual_seed(0)
     net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)
     patches = np.random.default_rng(0).integers(0, 256, (10, 1, 30, 30), dtype=np.uint8)
     atypical = np.arange(10) < 3
     loss = ICSLoss(net, patches, atypical, np.random.default_rng(0))
-    idx = np.arange(10)
-    got = [loss(idx).item() for _ in range(3)]
+    got = [loss(np.arange(8)).item() for _ in range(2)]  # batches of 8: 4 pairs of each class, then 4 + 4 patches
+
+    rng = np.random.default_rng(0)  # the same draws, by hand
+    typical, atypical_idx = np.flatnonzero(~atypical), np.flatnonzero(atypical)
     with torch.no_grad():
-        z = net.features(torch.from_numpy(patches).float() / 255)
-        expected_bce = float(intra_class_loss(net.atypicality_logit(z), torch.from_numpy(atypical)))
-    assert got[1] == pytest.approx(expected_bce, rel=1e-5)
-    assert got[0] > 0 and got[2] > 0
+
+        def z(idx):
+            return net.features(torch.from_numpy(patches[idx]).float() / 255)
+
+        (ti, tj), (ai, aj) = rng.choice(typical, size=(2, 4)), rng.choice(atypical_idx, size=(2, 4))
+        pairs = closeness_loss(net.distance_logit(z(ti), z(tj))) + dispersion_loss(net.distance_logit(z(ai), z(aj)))
+        picked = np.concatenate([rng.choice(typical, size=4), rng.choice(atypical_idx, size=4)])
+        bce = intra_class_loss(net.atypicality_logit(z(picked)), torch.tensor([0] * 4 + [1] * 4))
+    assert got == pytest.approx([float(pairs), float(bce)], rel=1e-5)
     with pytest.raises(ValueError, match="both typical and atypical"):
         ICSLoss(net, patches, np.zeros(10, bool), np.random.default_rng(0))
+
+
+def test_ics_scores_the_logit_which_float32_does_not_round_to_a_ceiling():
+    torch.manual_seed(0)
+    net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)
+    with torch.no_grad():
+        net.head.bias.fill_(30.0)  # confidently atypical patches
+        scores = net(torch.rand(2, 1, 30, 30))
+    assert torch.sigmoid(scores).eq(1.0).all()  # as probabilities both would be exactly 1
+    assert scores[0] != scores[1]
+
+
+def test_ics_validation_loss_weighs_both_classes_alike():
+    torch.manual_seed(0)
+    net = ICSNet(ConvAutoencoder(1, (4, 4, 4), 4).encoder, 4)
+    patches = np.random.default_rng(0).integers(0, 256, (8, 1, 30, 30), dtype=np.uint8)
+    atypical = np.arange(8) < 2
+    with torch.no_grad():
+        logits = net.atypicality_logit(net.features(torch.from_numpy(patches).float() / 255))
+        each = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(atypical).float(), reduction="none")
+    balanced = (each[atypical].mean() + each[~atypical].mean()) / 2
+    assert mean_loss(classification_loss(net, patches, atypical), 8, 3) == pytest.approx(float(balanced), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["sdae_kmeans", "ics"])
@@ -188,3 +227,73 @@ def test_dec_refines_the_baselines_saved_sdae(synthetic_ped2, tiny_config, tmp_p
     assert dec.training["kmeans"] == baseline.training["kmeans"]  # same network, same codes, same k-means
     with pytest.raises(ValueError, match="holds layers"):
         run("dec", checkpoint=checkpoint, bottleneck=5)
+
+
+@pytest.mark.parametrize("method", ["nre", "dec", "ics"])
+def test_same_seed_same_bytes_other_seed_other_network(method, synthetic_ped2, tiny_config, tmp_path):
+    """A seed and a thread count fix the network: the exported graphs are byte for byte the same."""
+    from training.train import train_model
+
+    def run(name, seed):
+        overrides = {"method": method, "seed": seed, "data": {"root": str(synthetic_ped2)}, "out": str(tmp_path / name)}
+        card = train_model(config.load(tiny_config, TrainConfig, {**overrides, **METHOD_SETTINGS}), progress=False)
+        return card, (tmp_path / name).with_suffix(".onnx").read_bytes(), (tmp_path / card.encoder["file"]).read_bytes()
+
+    first, graph, encoder = run("first", seed=0)
+    again, graph_again, encoder_again = run("again", seed=0)
+    _, other_graph, _ = run("other", seed=1)
+    assert graph == graph_again and encoder == encoder_again
+    assert again.onnx_sha256 == first.onnx_sha256 and again.scoring.threshold == first.scoring.threshold
+    assert other_graph != graph
+    assert (first.training["seed"], first.training["threads"]) == (0, 1)  # tiny_config asks for one thread
+
+
+def test_float16_weights_halve_the_graph_and_keep_its_scores(tmp_path):
+    from onnx import TensorProto, load
+
+    from training.export import ExportError, halve_weights, store_weights_as_float16
+
+    torch.manual_seed(0)
+    module = CentroidDistance(SDAEEncoder(SDAE(1800, (64, 64, 128), 10)), torch.randn(5, 10))
+    full, half = tmp_path / "full.onnx", tmp_path / "half.onnx"
+    export_onnx(module, full, PatchSpec(motion="flow"))
+    export_onnx(module, half, PatchSpec(motion="flow"))
+    assert store_weights_as_float16(half) == 4  # the four weight matrices; the small biases and centroids stay float32
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    large = {t.name for t in load(str(full)).graph.initializer if np.prod(t.dims) >= 1024}
+    stored = {t.name: t.data_type for t in load(str(half)).graph.initializer}
+    assert len(large) == 4 and {n for n, t in stored.items() if t == TensorProto.FLOAT16} == {
+        f"{n}.float16" for n in large
+    }
+    patches = np.random.default_rng(1).integers(0, 256, (300, 2, 30, 30), dtype=np.uint8)
+    session, _ = create_session(half, device="cpu")
+    assert check_parity(module, session, patches, tolerance=1e-2)["max_abs_diff"] > 0  # rounded, but close
+
+    export_onnx(module, half, PatchSpec(motion="flow"))
+    session, _ = create_session(half, device="cpu")
+    _, entry = halve_weights(half, session, patches, quantile=0.99, tolerance=0.01)
+    assert 0 < entry["max_calibrated_diff"] <= 0.01 and entry["tensors"] == 4
+    export_onnx(module, half, PatchSpec(motion="flow"))
+    with pytest.raises(ExportError, match="float16 weights move patch scores"):
+        halve_weights(half, create_session(half, device="cpu")[0], patches, quantile=0.99, tolerance=1e-9)
+
+
+def test_float16_export_of_a_trained_model(synthetic_ped2, tiny_config, tmp_path):
+    """The same seed exported both ways: the same network, half the bytes, the same operating point."""
+    from training.train import train_model
+
+    def run(weights):
+        overrides = {"method": "sdae_kmeans", "data": {"root": str(synthetic_ped2)}, "out": str(tmp_path / weights)}
+        overrides.update(METHOD_SETTINGS, export={"weights": weights})
+        return train_model(config.load(tiny_config, TrainConfig, overrides), progress=False)
+
+    full, half = run("float32"), run("float16")
+    assert "float16" not in full.parity and half.parity["float16"]["max_calibrated_diff"] <= 0.01
+    assert half.encoder["weights"] == "float16" and full.encoder["weights"] == "float32"
+    for name in ("float16.onnx", "float16.encoder.onnx"):
+        assert (tmp_path / name).stat().st_size < 0.55 * (tmp_path / name.replace("16", "32")).stat().st_size
+    assert half.scoring.threshold == pytest.approx(full.scoring.threshold, rel=1e-2)
+    scores = PatchModel(tmp_path / "float16.onnx", device="cpu").raw_scores(
+        np.random.default_rng(0).integers(0, 256, (16, 2, 30, 30), dtype=np.uint8)
+    )
+    assert np.isfinite(scores).all()

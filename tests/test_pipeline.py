@@ -105,7 +105,9 @@ def test_events_follow_the_schema_and_are_logged_before_published(short_run):
         "model": dict,
     }
     for event in logged:
-        assert set(event) == set(fields) | {"reason", "score"}
+        media = {"snapshot", "video"} if event["type"] == "end" else {"snapshot"}  # their paths in the run dir
+        assert set(event) == set(fields) | {"reason", "score"} | media
+        assert event["snapshot"].startswith(f"snapshots/{event['event_id']}/")
         assert all(isinstance(event[k], t) for k, t in fields.items()), event
         assert event["camera"] == "cam1" and event["type"] in ("start", "update", "end")
         assert (event["reason"] in END_REASONS) if event["type"] == "end" else event["reason"] is None

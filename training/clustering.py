@@ -12,13 +12,17 @@ import numpy as np
 
 
 def kmeans(latents: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """k-means++ initialised k-means: (labels (N,), centres (k, D))."""
+    """k-means++ initialised k-means: (labels (N,), centres (k, D)), the same for the same seed and data."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     latents = np.asarray(latents, dtype=np.float32)
     if not 1 <= k <= len(latents):
         raise ValueError(f"cannot make {k} clusters of {len(latents)} points")
-    model = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(latents)
+    # One OpenMP thread: with more, sklearn adds the threads' partial centroid sums in whatever
+    # order the threads finish, so the same seed could give other centroids from run to run.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(latents)
     return model.labels_.astype(np.int64), model.cluster_centers_.astype(np.float32)
 
 

@@ -98,7 +98,7 @@ class ICSConfig:
 
     atypical_fraction: float = 0.1  # rho: lowest-SSIM share labelled atypical
     ssim_window: int = 7  # gaussian window (sigma 1.5) of the SSIM
-    epochs: int = 5  # each batch trains one of the three losses, in turn
+    epochs: int = 5  # each batch trains the pair step or the classification step, in turn
     batch_size: int = 256
     lr: float = 1e-4  # Adam
 
@@ -117,6 +117,10 @@ class ExportConfig:
     gate_max_hidden: float | None = None  # None: no motion gate; else see training.export.fit_gate
     count_bands: int = 0  # 0: none; else frame scores calibrated in up to this many bands of the moving-patch count
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    # float16: the graphs store their weights at half the size, cast back to float32 inside the graph. The export
+    # fails if a patch score on real patches moves by more than float16_tolerance of the normal score spread.
+    weights: Literal["float32", "float16"] = "float32"
+    float16_tolerance: float = 0.01
 
     def __post_init__(self):
         if self.count_bands < 0:
@@ -125,6 +129,8 @@ class ExportConfig:
             raise ValueError("calibration_quantile and threshold_quantile must be in (0, 1)")
         if self.gate_max_hidden is not None and not 0 < self.gate_max_hidden < 1:
             raise ValueError(f"gate_max_hidden must be null or in (0, 1), got {self.gate_max_hidden}")
+        if not self.float16_tolerance > 0:
+            raise ValueError(f"float16_tolerance must be > 0, got {self.float16_tolerance}")
 
 
 @dataclass
@@ -132,7 +138,9 @@ class TrainConfig:
     method: Literal["ae", "nre", "sdae_kmeans", "dec", "ics"]
     out: str = "runs/model"  # writes OUT.onnx and OUT.json
     seed: int = 0
-    threads: int = 0  # torch threads; 0 = all cores
+    # Torch threads. Fixed, so that a seed gives the same network on every machine with the same kind of
+    # CPU; 0 = all cores (faster on big machines, but the network then depends on their count).
+    threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     patches: PatchSpec = field(default_factory=PatchSpec)  # frame_size: null takes the training frames' size
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

@@ -30,6 +30,8 @@ from .loops import as_float
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# With export weights: float16, tensors smaller than this (most biases, the centroids) stay float32: they weigh little.
+FLOAT16_MIN_ELEMENTS = 1024
 
 
 class ExportError(RuntimeError):
@@ -57,6 +59,39 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, spec: PatchSpe
     onnx.checker.check_model(onnx.load(str(path)))
 
 
+def store_weights_as_float16(path: str | os.PathLike) -> int:
+    """Rewrite an ONNX graph so that its large float32 weights are stored as float16, each cast back to float32
+    inside the graph; returns how many. The file shrinks by about half; onnxruntime folds the casts when it
+    loads the graph, so scoring still runs in float32, on weights rounded to float16."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    casts = []
+    for tensor in list(graph.initializer):
+        if (
+            tensor.data_type != TensorProto.FLOAT
+            or np.prod(tensor.dims) < FLOAT16_MIN_ELEMENTS
+            or tensor.name in inputs
+        ):
+            continue
+        weights = numpy_helper.to_array(tensor)
+        half = weights.astype(np.float16)
+        if not np.all(np.isfinite(half)):
+            raise ExportError(f"weight {tensor.name} does not fit float16 (|w| up to {np.abs(weights).max():.3g})")
+        graph.initializer.remove(tensor)
+        graph.initializer.append(numpy_helper.from_array(half, f"{tensor.name}.float16"))
+        casts.append(helper.make_node("Cast", [f"{tensor.name}.float16"], [tensor.name], to=TensorProto.FLOAT))
+    nodes = casts + list(graph.node)  # the casts first: a graph's nodes are in topological order
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(casts)
+
+
 @torch.no_grad()
 def torch_scores(module: torch.nn.Module, patches: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     module.eval()
@@ -77,19 +112,68 @@ def check_parity(module: torch.nn.Module, session, patches: np.ndarray, toleranc
     return {"patches": int(len(patches)), "max_abs_diff": diff, "tolerance": bound}
 
 
-def export_encoder(encoder: torch.nn.Module, path: Path, spec: PatchSpec, patches: np.ndarray) -> dict:
-    """Write the patches -> latents graph next to the model and check it against PyTorch; its card entry."""
+def export_encoder(
+    encoder: torch.nn.Module,
+    path: Path,
+    spec: PatchSpec,
+    patches: np.ndarray,
+    threads: int = 0,
+    weights: str = "float32",
+    float16_tolerance: float = 0.01,
+) -> dict:
+    """Write the patches -> latents graph next to the model and check it against PyTorch; its card entry.
+
+    With float16 weights the latents may differ by `float16_tolerance` of the largest latent magnitude.
+    """
     export_onnx(encoder, path, spec, output="latents")
-    session, _ = create_session(path, device="cpu")
+    if weights == "float16":
+        store_weights_as_float16(path)
+    session, _ = create_session(path, device="cpu", threads=threads)
     with torch.no_grad():
         encoder.eval()
         reference = encoder(as_float(patches)).numpy()
     exported = session.run(None, {session.get_inputs()[0].name: to_model_input(patches)})[0]
     diff = float(np.max(np.abs(reference - exported)))
-    bound = 1e-5 * max(1.0, float(np.max(np.abs(reference))))
+    bound = (float16_tolerance if weights == "float16" else 1e-5) * max(1.0, float(np.max(np.abs(reference))))
     if not diff <= bound:
         raise ExportError(f"ONNX encoder latents differ from PyTorch by {diff:.3g} (> {bound:.3g})")
-    return {"file": path.name, "sha256": sha256_of(path), "latent": int(reference.shape[1]), "max_abs_diff": diff}
+    return {
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "latent": int(reference.shape[1]),
+        "weights": weights,
+        "max_abs_diff": diff,
+    }
+
+
+def halve_weights(path: Path, session, patches: np.ndarray, quantile: float, tolerance: float, threads: int = 0):
+    """Store the graph's weights as float16 and check its scores on real patches against the float32 graph's.
+
+    The bound is `tolerance` of the spread of normal scores (median to the calibration quantile, the
+    scale calibration divides by), so in calibrated units, whatever the method's raw scale; thresholds
+    are about 2 of those units. Returns the float16 graph's session and the card's parity entry.
+    """
+    full = session_scores(session, patches)
+    stored = store_weights_as_float16(path)
+    session, _ = create_session(path, device="cpu", threads=threads)
+    diff = float(np.max(np.abs(session_scores(session, patches) - full)))
+    spread = float(np.quantile(full, quantile) - np.median(full))
+    log.info(
+        "float16 weights (%d tensors): max abs score diff %.3g, %.2g of the score spread", stored, diff, diff / spread
+    )
+    if not diff <= tolerance * spread:
+        raise ExportError(
+            f"float16 weights move patch scores by up to {diff:.3g}, more than {tolerance:g} of the normal score "
+            f"spread {spread:.3g}: export with weights: float32"
+        )
+    return session, {
+        "tensors": stored,
+        "patches": int(len(patches)),
+        "max_abs_diff": diff,
+        "score_spread": spread,
+        "max_calibrated_diff": diff / spread,
+        "tolerance": tolerance,
+    }
 
 
 def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> dict:
@@ -201,21 +285,32 @@ def export_model(
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
     seed: int = 0,
+    threads: int = 0,
+    weights: str = "float32",
+    float16_tolerance: float = 0.01,
 ) -> ModelCard:
-    """Write OUT.onnx and OUT.json (and OUT.encoder.onnx, patches -> latents, given an encoder); return the card."""
+    """Write OUT.onnx and OUT.json (and OUT.encoder.onnx, patches -> latents, given an encoder); return the card.
+
+    weights "float16" stores the graphs' weights at half the size (`halve_weights`).
+    """
     out_path = Path(out_path).with_suffix(".onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(module, out_path, spec)
-    session, _ = create_session(out_path, device="cpu")
+    session, _ = create_session(out_path, device="cpu", threads=threads)
     rng = np.random.default_rng(seed)
     pick = rng.choice(
         len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
     )
-    parity = check_parity(module, session, calibration_data.patches[np.sort(pick)])
+    patches = calibration_data.patches[np.sort(pick)]
+    parity = check_parity(module, session, patches)
+    if weights == "float16":
+        session, parity["float16"] = halve_weights(
+            out_path, session, patches, calibration_quantile, float16_tolerance, threads
+        )
     encoder_entry = None
     if encoder is not None:
         encoder_path = out_path.with_suffix(".encoder.onnx")
-        encoder_entry = export_encoder(encoder, encoder_path, spec, calibration_data.patches[np.sort(pick)])
+        encoder_entry = export_encoder(encoder, encoder_path, spec, patches, threads, weights, float16_tolerance)
     data = calibration_data
     raw = session_scores(session, data.patches).reshape(data.frames, data.positions)  # the exported graph's own scores
     result = calibrate(

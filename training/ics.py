@@ -4,17 +4,22 @@
    them: the share rho with the lowest SSIM between patch and reconstruction is
    "atypical" (label 1), the rest "typical" (label 0).
 2. A classifier, feature subnetwork -> latent z -> dense -> sigmoid, plus a
-   distance subnetwork |z_i - z_j| -> dense -> sigmoid, are trained with three
-   losses in turn, one per minibatch:
-     closeness     -log(1 - dist(z_i, z_j)) on typical pairs
-     intra-class   binary cross-entropy, typical 0 / atypical 1
-     dispersion    -log(dist(z_i, z_j)) on atypical pairs
+   distance subnetwork |z_i - z_j| -> dense -> sigmoid, are trained by two steps
+   in turn, as the authors' code does:
+     pairs           closeness -log(1 - dist(z_i, z_j)) on typical pairs
+                     + dispersion -log(dist(z_i, z_j)) on atypical pairs (weights 1 and 1)
+     classification  intra-class binary cross-entropy, typical 0 / atypical 1, on
+                     batches of as many typical as atypical patches
    The feature subnetwork starts from the splitting autoencoder's encoder.
-3. Score: the predicted atypicality sigmoid(head(z)).
+3. Score: the log-odds of atypicality head(z), the logit of the classifier's
+   output. It orders patches as the paper's probability does, but float32 rounds
+   sigmoid(u) to exactly 1 for u above about 17, and after balanced training
+   three quarters of the Ped2 test frames reached that ceiling.
 
-The epoch kept is the one with the lowest intra-class loss on the held-out
-normal clips, split by the same SSIM threshold; test data is never looked at
-(the original code picked checkpoints on test anomalies; this does not).
+The epoch kept is the one with the lowest class-balanced intra-class loss on the
+held-out normal clips, split by the same SSIM threshold; test data is never looked
+at (the original code picked checkpoints on test anomalies; this does not).
+docs/methods.md sets this against the paper point by point.
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ class ICSNet(nn.Module):
         return self.distance((zi - zj).abs()).squeeze(1)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """The exported scoring graph: predicted atypicality in (0, 1)."""
-        return torch.sigmoid(self.atypicality_logit(self.features(patches)))
+        """The exported scoring graph: the log-odds of atypicality (a probability would round to 1 in float32)."""
+        return self.atypicality_logit(self.features(patches))
 
 
 def closeness_loss(distance_logit: torch.Tensor) -> torch.Tensor:
@@ -65,8 +70,10 @@ def dispersion_loss(distance_logit: torch.Tensor) -> torch.Tensor:
     return F.softplus(-distance_logit).mean()
 
 
-def intra_class_loss(atypicality_logit: torch.Tensor, atypical: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(atypicality_logit, atypical.float())
+def intra_class_loss(
+    atypicality_logit: torch.Tensor, atypical: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(atypicality_logit, atypical.float(), weight=weight)
 
 
 @torch.no_grad()
@@ -91,12 +98,16 @@ def split_atypical(similarity: np.ndarray, fraction: float) -> tuple[np.ndarray,
 
 
 class ICSLoss:
-    """The three ICS losses in turn, one per call (= minibatch); pairs are drawn at random within each class."""
+    """The pair step and the classification step in turn, one per call (= minibatch), each on `len(idx)` patches.
+
+    Pairs are drawn at random within each class. A classification batch holds as many typical as atypical
+    patches, as in the authors' code: drawn from all patches it would hold a tenth atypical ones.
+    """
 
     def __init__(self, net: ICSNet, patches: np.ndarray, atypical: np.ndarray, rng: np.random.Generator):
         if atypical.all() or not atypical.any():
             raise ValueError("ICS needs both typical and atypical training patches")
-        self.net, self.patches, self.atypical, self.rng = net, patches, atypical, rng
+        self.net, self.patches, self.rng = net, patches, rng
         self.members = {False: np.flatnonzero(~atypical), True: np.flatnonzero(atypical)}
         self.turn = 0
 
@@ -106,21 +117,22 @@ class ICSLoss:
         return self.net.distance_logit(z[:count], z[count:])
 
     def __call__(self, idx: np.ndarray) -> torch.Tensor:
-        turn, self.turn = self.turn % 3, self.turn + 1
-        if turn == 0:
-            return closeness_loss(self._pair_logits(False, len(idx)))
-        if turn == 1:
-            logits = self.net.atypicality_logit(self.net.features(as_float(self.patches[idx])))
-            return intra_class_loss(logits, torch.from_numpy(self.atypical[idx]))
-        return dispersion_loss(self._pair_logits(True, len(idx)))
+        count, self.turn = max(len(idx) // 2, 1), self.turn + 1
+        if self.turn % 2:
+            return closeness_loss(self._pair_logits(False, count)) + dispersion_loss(self._pair_logits(True, count))
+        picked = np.concatenate([self.rng.choice(self.members[label], size=count) for label in (False, True)])
+        logits = self.net.atypicality_logit(self.net.features(as_float(self.patches[picked])))
+        return intra_class_loss(logits, torch.arange(2 * count) >= count)
 
 
 def classification_loss(net: ICSNet, patches: np.ndarray, atypical: np.ndarray):
-    """Intra-class loss alone: the validation criterion."""
+    """Intra-class loss alone, each class weighing half as in training: the validation criterion."""
+    counts = np.bincount(atypical, minlength=2)
+    weight = torch.from_numpy(len(atypical) / (2 * np.maximum(counts, 1))[atypical.astype(int)]).float()
 
     def loss(idx: np.ndarray) -> torch.Tensor:
         logits = net.atypicality_logit(net.features(as_float(patches[idx])))
-        return intra_class_loss(logits, torch.from_numpy(atypical[idx]))
+        return intra_class_loss(logits, torch.from_numpy(atypical[idx]), weight[idx])
 
     return loss
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 from typing import Callable, Iterator
 
@@ -19,6 +20,18 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def reproducible(seed: int, threads: int) -> np.random.Generator:
+    """Seed every RNG and fix torch's threads (0: all cores) and algorithms for the rest of the process.
+
+    A seed then gives the same network, byte for byte, for the same thread count
+    on CPUs of the same kind (torch picks kernels by instruction set). The thread
+    count matters because it sets the order in which floating-point sums are taken.
+    """
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(True)
+    return seed_everything(seed)
 
 
 def as_float(patches: np.ndarray) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .config import TrainConfig
 from .dec import CentroidDistance, initial_centroids, refine
 from .export import export_model
 from .ics import train_ics
-from .loops import seed_everything
+from .loops import reproducible
 from .nets import ReconstructionScore
 from .nre import train_nre
 from .sdae import SDAEEncoder, load_sdae, save_sdae, train_sdae
@@ -60,10 +60,10 @@ def fit_method(
         net, details["ics"] = train_ics(cfg.ics, autoencoder, train, val, rng, progress)
         network = {
             "splitting_autoencoder": autoencoder.config,
-            "classifier": "autoencoder encoder -> z -> dense -> sigmoid",
+            "classifier": "autoencoder encoder -> z -> dense (the logit of a sigmoid classifier)",
         }
         return Trained(
-            net, net.features, network, details, "predicted atypicality sigmoid(head(z)) of the ICS classifier"
+            net, net.features, network, details, "log-odds of atypicality head(z) of the ICS classifier"
         )
     if cfg.method == "nre":
         autoencoder, details["nre"] = train_nre(cfg.nre, autoencoder, train, val, rng, cfg.seed, progress)
@@ -96,9 +96,7 @@ def fit_centroid_method(
 
 def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     started = time.perf_counter()
-    rng = seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    rng = reproducible(cfg.seed, cfg.threads)
     folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
     fitting, validation = training_data.split_clips(folders, cfg.data.validation_clips)
     spec = build_spec(cfg, folders[0][1])
@@ -136,6 +134,10 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         "seconds": round(fit_seconds, 1),
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        # what the network depends on: the same seed, threads and CPU kind give the same bytes
+        "seed": cfg.seed,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         **trained.details,
     }
     out = Path(cfg.out).with_suffix(".onnx")
@@ -156,9 +158,13 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         score_description=trained.score_description,
         encoder=trained.encoder,
         seed=cfg.seed,
+        threads=torch.get_num_threads(),
+        weights=export.weights,
+        float16_tolerance=export.float16_tolerance,
     )
     if validation:
-        proxy = speed_proxy(PatchModel(out, device="cpu"), [path for _, path in validation], seed=cfg.seed)
+        model = PatchModel(out, device="cpu", threads=torch.get_num_threads())
+        proxy = speed_proxy(model, [path for _, path in validation], seed=cfg.seed)
         if proxy["auc"] is None:
             log.warning("pseudo-anomaly validation skipped: nothing moves in the validation clips")
         else:

@@ -11,10 +11,14 @@ MQTT score topic). Optionally every frame's scores go to a JSON lines file
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
 events it left open are ended (reason `restart`) by the Outbox.
+
+Every frame and event is also handed to `media.EventMedia` (snapshots, score
+traces, clips; written in the background), and `retention` prunes old events.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -31,9 +35,12 @@ from .checkpoint import Checkpoint, state_path
 from .config import PipelineConfig, scoring_settings
 from .events import EventLog, EventTracker, top_boxes
 from .links import Links
+from .media import FINISH_SECONDS, STOP_SECONDS, EventMedia, without_media
 from .messages import Message, MessageError
 from .outbox import SCORE_TOPIC, Outbox
+from .preview import PreviewReader
 from .reorder import Reorder
+from .retention import Retention, RetentionThread
 from .runtime import Inbox, make_socket
 from .security import curve_for
 
@@ -42,6 +49,7 @@ log = logging.getLogger(__name__)
 PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
 PUB_MAX_MESSAGE_BYTES = 1024  # what a subscriber may send: subscriptions
 SUBSCRIBER_GRACE_SECONDS = 0.5  # between binding the PUB socket and taking the first scores
+REBIND_SECONDS = 2.0  # for the events endpoint to come free after dropping every subscriber
 
 
 class CameraState:
@@ -54,7 +62,9 @@ class CameraState:
 
 
 class Alerter:
-    def __init__(self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None):
+    def __init__(
+        self, cfg: PipelineConfig, outbox: Outbox, progress: Checkpoint, score_log=None, media: EventMedia | None = None
+    ):
         card = ModelCard.load(card_path_for(cfg.model))
         card.check_geometry()
         self.cfg = cfg
@@ -66,6 +76,7 @@ class Alerter:
         self.outbox = outbox
         self.progress = progress
         self.score_log = score_log
+        self.media = media
         model = {"method": card.method, "sha256": card.onnx_sha256}
         reached = progress.read() or {}
         self.cameras = {
@@ -146,12 +157,14 @@ class Alerter:
         telemetry.FRAME_SCORE.labels(message.camera).set(smoothed)
         score = {"camera": message.camera, "seq": header["seq"], "capture_time": header["t_capture"], "score": smoothed}
         self.outbox.publish([SCORE_TOPIC, json.dumps(score).encode()])
+        level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
+        if self.count_bands is not None:
+            level = self.count_bands.level(self.threshold, header["moving"])
+        if self.media is not None:
+            self.media.frame(message.camera, header, smoothed, patch_scores, level)
 
         def boxes() -> list[dict]:
             frame_boxes = self.extractor.boxes(tuple(header["frame_shape"]))
-            level = self.threshold  # patch scores are on the aggregated score's scale, before count bands
-            if self.count_bands is not None:
-                level = self.count_bands.level(self.threshold, header["moving"])
             return top_boxes(patch_scores, frame_boxes, level, self.cfg.alerter.max_boxes)
 
         self._emit(state.tracker.frame(position, smoothed, boxes))
@@ -175,7 +188,7 @@ class Alerter:
 
     def _emit(self, event: dict | None) -> None:
         if event is not None:
-            self.outbox.put(event)
+            self.outbox.put(self.media.event(event) if self.media is not None else without_media(event))
 
     def shutdown(self) -> None:
         """Close every open event (the log then holds an end for each start)."""
@@ -188,7 +201,16 @@ def drop_subscribers(publisher: zmq.Socket, endpoint: str) -> None:
     """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
     log.warning("alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again")
     publisher.unbind(publisher.getsockopt_string(zmq.LAST_ENDPOINT))
-    publisher.bind(endpoint)
+    # ZeroMQ's I/O thread closes the listener after unbind returns: until it has, the address is still taken.
+    deadline = time.monotonic() + REBIND_SECONDS
+    while True:
+        try:
+            publisher.bind(endpoint)
+            return
+        except zmq.ZMQError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
@@ -206,6 +228,15 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
         publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
         publisher_links = Links(publisher, "alerter")
+        media = None
+        if cfg.alerter.media.enabled:
+            media = EventMedia(
+                cfg.run_dir, cfg.alerter.media, ModelCard.load(card_path_for(cfg.model)).patch, cfg.alerter.max_boxes
+            )
+            stack.callback(PreviewReader(cfg, media.ring, curve).close)
+        retention_stop = threading.Event()
+        stack.callback(retention_stop.set)
+        RetentionThread(Retention(cfg.run_dir, cfg.alerter.event_log, cfg.alerter.retention), retention_stop).start()
         # PUB keeps nothing for subscribers not yet connected, and those waiting for this endpoint retry
         # every 100 ms (ZeroMQ's slow joiner): give them time before the first event, scores come in after.
         stop.wait(SUBSCRIBER_GRACE_SECONDS)
@@ -221,7 +252,7 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             cfg.alerter.log_retry_seconds,
             cfg.alerter.max_held_events,
         )
-        alerter = Alerter(cfg, outbox, progress, score_log)
+        alerter = Alerter(cfg, outbox, progress, score_log, media)
         outbox.flush()  # ends the events a killed predecessor left open
         log.info(
             "alerter: threshold %.4g, events on %s, log %s",
@@ -248,6 +279,8 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
                 break
         alerter.shutdown()
         outbox.close()
+        if media is not None:
+            media.close(STOP_SECONDS if stop.is_set() else FINISH_SECONDS)
         inbox.close()
         publisher_links.close()
         publisher.close()

@@ -29,6 +29,7 @@ from . import messages, telemetry
 from .checkpoint import Checkpoint, state_path
 from .config import CameraConfig, PipelineConfig
 from .links import Links
+from .preview import READER_WAIT_SECONDS, PreviewPublisher, publisher_socket
 from .runtime import make_socket, send_blocking
 from .security import curve_for
 
@@ -51,9 +52,17 @@ class FrameSender:
     next run starts a new one.
     """
 
-    def __init__(self, socket: zmq.Socket, camera: str, stop: threading.Event, cfg: PipelineConfig):
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        camera: str,
+        stop: threading.Event,
+        cfg: PipelineConfig,
+        preview: PreviewPublisher | None = None,
+    ):
         self.socket = socket
         self.links = Links(socket, "capture")
+        self.preview = preview  # also publishes each frame sent, small, for event media
         self.camera = camera
         self.stop = stop
         self.linger_seconds = cfg.messaging.linger_seconds
@@ -90,13 +99,18 @@ class FrameSender:
             )
             return True
         header = {"kind": "frame", "t_capture": frame.timestamp, "index": frame.index, "clip": clip, "reset": reset}
+        seq = self.seq
         if not self._send(header, {"image": frame.image}):
             return False
+        if self.preview is not None:
+            self.preview.publish({"camera": self.camera, "stream": self.stream, "seq": seq, **header}, frame.image)
         telemetry.FRAMES_CAPTURED.labels(self.camera).inc()
         self.frames += 1
         return True
 
     def end(self, reason: str) -> None:
+        if self.preview is not None:
+            self.preview.end({"camera": self.camera, "stream": self.stream, "seq": self.seq, "reason": reason})
         if self._send({"kind": "end", "t_capture": time.time(), "reason": reason}):
             self.checkpoint.clear()  # the stream is over: the next run starts a new one
         else:
@@ -280,7 +294,10 @@ def send_live(frames: Iterator[Captured], sender: FrameSender, size: int, stop: 
 def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Callable = open_capture) -> int:
     camera = cfg.camera(camera_id)
     live_source = camera.source_kind in ("camera", "url")
-    frames = camera_frames(camera, stop, opener) if live_source else recorded_frames(camera, stop)
+    if live_source:
+        frames, fps = camera_frames(camera, stop, opener), camera.fps or 0.0
+    else:  # the rate a recording plays at, for its clips, also when it is read faster (pace: false)
+        frames, fps = recorded_frames(camera, stop), playback_fps(camera, recorded_sources(camera))
     log.info(
         "%s: %s source %s, %s",
         camera.id,
@@ -290,7 +307,16 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
     )
     with zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         socket = make_socket(ctx, zmq.PUSH, camera.frames_endpoint, bind=True, messaging=cfg.messaging, curve=curve)
-        sender = FrameSender(socket, camera.id, stop, cfg)
+        preview = None
+        if cfg.alerter.media.enabled:
+            media = cfg.alerter.media
+            preview_socket = publisher_socket(ctx, camera.preview_endpoint, cfg, curve)
+            preview = PreviewPublisher(preview_socket, media.max_width, media.jpeg_quality, fps)
+            if not camera.is_live and not preview.wait_for_reader(READER_WAIT_SECONDS, stop):
+                log.warning(
+                    "%s: no alerter took previews within %.0f s: events may lack media", camera.id, READER_WAIT_SECONDS
+                )
+        sender = FrameSender(socket, camera.id, stop, cfg, preview)
         if camera.is_live:
             send_live(frames, sender, camera.buffer_frames, stop)
         else:
@@ -307,4 +333,6 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event, opener: Call
             stop.wait()
         sender.links.close()
         socket.close()
+        if preview is not None:
+            preview.socket.close()
     return 0

@@ -25,6 +25,7 @@ from ..model import ModelCard, ModelError, PatchModel, card_path_for
 from ..sources import SourceError
 from .capture import playback_fps, recorded_sources
 from .config import PipelineConfig, is_loopback_host, load, stage_refs
+from .media import choose_codec, writable_codecs
 
 STAGES = ("capture", "patcher", "scorer", "alerter", "notifier")
 
@@ -91,6 +92,17 @@ def log_problems(cfg: PipelineConfig) -> list[str]:
     return [f"{where}: {problem}" for where, path in logs if path and (problem := path_problem(path))]
 
 
+def media_problems(cfg: PipelineConfig) -> list[str]:
+    """An explicit clip codec must be one this OpenCV build writes (`auto` takes what there is)."""
+    media = cfg.alerter.media
+    if not (media.enabled and media.clips) or media.clip_codec == "auto" or choose_codec(media.clip_codec):
+        return []
+    available = ", ".join(writable_codecs()) or "none"
+    return [
+        f"alerter.media.clip_codec: this OpenCV build cannot write {media.clip_codec} (it can: {available}); use auto"
+    ]
+
+
 def metrics_tls_problems(cfg: PipelineConfig) -> list[str]:
     """Every process serving metrics over TLS loads its certificate, key and client CA."""
     tls = cfg.metrics.tls
@@ -122,7 +134,7 @@ NEEDS: dict[str, list[Callable[[PipelineConfig], list[str]]]] = {
     "capture": [source_problems, run_dir_problems, metrics_tls_problems],
     "patcher": [run_dir_problems, metrics_tls_problems],
     "scorer": [metrics_tls_problems],
-    "alerter": [log_problems, run_dir_problems, metrics_tls_problems],
+    "alerter": [log_problems, run_dir_problems, media_problems, metrics_tls_problems],
     "notifier": [run_dir_problems, metrics_tls_problems],  # its cursors live in RUN_DIR/state
 }
 

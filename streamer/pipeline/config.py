@@ -26,6 +26,7 @@ from ..scoring import ScoringSettings
 from . import security
 from .messages import CAMERA_ID
 from .notify_config import NotifyConfig, cross_check
+from .review_config import MediaConfig, RetentionConfig, UiConfig, review_problems
 
 IPC_PATH_LIMIT = 100  # Unix socket paths are limited to about 107 bytes
 MAX_WAIT_SECONDS = 3600.0  # longest wait a setting may ask for (ZeroMQ takes linger in int milliseconds)
@@ -60,6 +61,8 @@ class CameraConfig:
     reconnect: Backoff = field(default_factory=Backoff)  # waits between tries to reopen a lost live source
     frames_endpoint: str | None = None  # capture binds, patcher connects; default ipc://RUN_DIR/ID.frames
     patches_endpoint: str | None = None  # patcher binds, scorers connect; default ipc://RUN_DIR/ID.patches
+    # capture binds (PUB), the alerter connects: small JPEGs for event media; default ipc://RUN_DIR/ID.preview
+    preview_endpoint: str | None = None
 
     def __post_init__(self):
         if not CAMERA_ID.match(self.id):
@@ -126,6 +129,8 @@ class AlerterConfig:
     # and the write is retried every log_retry_seconds; past max_held_events new ones are dropped (counted).
     log_retry_seconds: float = 1.0
     max_held_events: int = 10000
+    media: MediaConfig = field(default_factory=MediaConfig)  # snapshots and clips of each event
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def __post_init__(self):
         if min(self.end_after, self.update_every, self.max_boxes, self.max_pending, self.max_held_events) < 1:
@@ -241,6 +246,7 @@ class PipelineConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     notify: NotifyConfig | None = None  # MQTT and webhooks, delivered from the event log by the notifier stage
 
     def __post_init__(self):
@@ -254,6 +260,7 @@ class PipelineConfig:
         for camera in self.cameras:
             camera.frames_endpoint = camera.frames_endpoint or self._ipc(f"{camera.id}.frames")
             camera.patches_endpoint = camera.patches_endpoint or self._ipc(f"{camera.id}.patches")
+            camera.preview_endpoint = camera.preview_endpoint or self._ipc(f"{camera.id}.preview")
         self.alerter.scores_endpoint = self.alerter.scores_endpoint or self._ipc("scores")
         self.alerter.event_log = self.alerter.event_log or os.path.join(self.run_dir, "events.sqlite")
         self.metrics.targets_file = self.metrics.targets_file or os.path.join(
@@ -272,6 +279,7 @@ class PipelineConfig:
                 "(and consider security.curve)"
                 for where, address in remote
             ]
+        problems += review_problems(self.ui, self.security.allow_remote, is_loopback)
         if problems:
             raise typed_config.ConfigError(problems)
 
@@ -283,7 +291,7 @@ class PipelineConfig:
         links = [
             (f"cameras[{i}].{name}", getattr(camera, name))
             for i, camera in enumerate(self.cameras)
-            for name in ("frames_endpoint", "patches_endpoint")
+            for name in ("frames_endpoint", "patches_endpoint", "preview_endpoint")
         ]
         return links + [
             ("alerter.scores_endpoint", self.alerter.scores_endpoint),
@@ -352,6 +360,8 @@ def listeners(cfg: PipelineConfig) -> list[tuple[str, str, int]]:
             (f"metrics port of {label} (metrics.base_port + {k})", cfg.metrics.host, cfg.metrics.base_port + k)
             for k, label in enumerate(labels)
         ]
+    if cfg.ui.enabled:
+        ports.append(("ui.port (the review page)", cfg.ui.host, cfg.ui.port))
     return ports
 
 

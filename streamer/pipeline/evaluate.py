@@ -47,7 +47,12 @@ def score_ped2_pipeline(
             "cameras": [{"id": "ped2", "kind": "ped2", "source": "test", "data": str(ped2.resolve_root(root))}],
             "scoring": settings.to_dict() if settings else {},
             "scorer": {"processes": scorers, "device": device, "threads": threads},
-            "alerter": {"events_endpoint": f"ipc://{run_dir}/events", "score_log": str(score_log), "exit_at_end": True},
+            "alerter": {
+                "events_endpoint": f"ipc://{run_dir}/events",
+                "score_log": str(score_log),
+                "exit_at_end": True,
+                "media": {"enabled": False},  # scores are wanted here, not pictures
+            },
             "metrics": {"enabled": False},
             "supervisor": {"restart": False},  # a restarted capture would play the clips again: fail instead
         }

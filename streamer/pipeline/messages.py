@@ -14,6 +14,8 @@ Kinds, in pipeline order:
                                 (header `moving`: positions the card's gate passes, even with the gate off)
   scores   scorer  -> alerter   patch_scores (P,) float32, calibrated, one per grid position
   end      any stage onwards    the camera's stream is over (source finished or shut down)
+  preview  capture -> alerter   jpeg (N,) uint8: the frame, downscaled, for event media (header `fps`: the
+                                source's frame rate, 0 if unknown); published, so a slow reader never holds up capture
 
 `seq` numbers a capture process's messages 0, 1, 2, ... with no gaps, so the
 alerter can put results from several scorers back in order; `stream` names the
@@ -60,6 +62,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "model": "str",
     },
     "end": {"reason": "str"},
+    "preview": {**_POSITION, "fps": "number"},
 }
 COMMON = {
     "v": "int",
@@ -76,6 +79,7 @@ ARRAYS: dict[str, list[tuple[str, int, str]]] = {
     "patches": [("patches", 4, "uint8"), ("active", 1, "bool")],
     "scores": [("patch_scores", 1, "float32")],
     "end": [],
+    "preview": [("jpeg", 1, "uint8")],
 }
 MAX_PARTS = 1 + max(len(arrays) for arrays in ARRAYS.values())
 

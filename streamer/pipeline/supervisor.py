@@ -16,6 +16,9 @@ With supervisor.restart: false (evaluations: a restarted recording would be scor
 twice) a failed stage stops the whole pipeline instead, with its exit status. A
 finished alerter (`alerter.exit_at_end`) ends the run.
 
+With `ui.enabled` the review page (`vad ui --config FILE`) is one more supervised
+child, stopped last.
+
 `run` also serves the supervisor's own /metrics (vad_stage_up, the restarts) on the
 port after the stages' and writes every process's metrics endpoint to
 metrics.targets_file, for Prometheus' file-based service discovery.
@@ -40,7 +43,7 @@ from .runtime import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
-STOP_ORDER = ("capture", "patcher", "scorer", "alerter", "notifier")
+STOP_ORDER = ("capture", "patcher", "scorer", "alerter", "notifier", "ui")
 POLL_SECONDS = 0.2
 CRASH_LOOP = 5  # failures in a row, each within stable_seconds of its start, reported as a crash loop
 
@@ -65,11 +68,14 @@ class Supervisor:
         self.cfg = cfg
         self.log_level = log_level
         self.stop_timeout = stop_timeout
-        self.children = {ref: Child(ref) for ref in stage_refs(cfg)}
+        refs = stage_refs(cfg) + [StageRef("ui")] * cfg.ui.enabled  # the page has no metrics port of its own
+        self.children = {ref: Child(ref) for ref in refs}
 
     def command(self, ref: StageRef) -> list[str]:
-        cmd = [sys.executable, "-m", "streamer.cli", "--log-level", self.log_level, "stage", ref.name]
-        cmd += ["--config", self.config_path]
+        cmd = [sys.executable, "-m", "streamer.cli", "--log-level", self.log_level]
+        if ref.name == "ui":
+            return cmd + ["ui", "--config", self.config_path]
+        cmd += ["stage", ref.name, "--config", self.config_path]
         if ref.camera:
             cmd += ["--camera", ref.camera]
         if ref.name == "scorer":

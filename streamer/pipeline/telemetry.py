@@ -64,6 +64,16 @@ MESSAGES_REJECTED = Counter(
     "vad_messages_rejected", "Messages dropped as unusable (malformed, oversized, ...)", ["stage", "reason"]
 )
 MODEL_INFO = Info("vad_model", "The model this scorer runs")
+MEDIA_WRITTEN = Counter("vad_media_written", "Event snapshots and clips written", ["kind"])
+MEDIA_DROPPED = Counter(
+    "vad_media_dropped",
+    "Event media work not done: backlog (the media writer far behind), no_preview (the frame's preview never "
+    "reached the alerter), bad_preview (not a usable JPEG), error (a write failed: disk full, ...)",
+    ["reason"],
+)
+RETENTION_PRUNED = Counter(
+    "vad_retention_pruned_events", "Ended events whose media and log rows retention removed", ["why"]
+)
 HANDSHAKES_FAILED = Counter(
     "vad_handshakes_failed",
     "Refused ZeroMQ handshakes (CURVE): side 'server' when this process refused a client, 'client' when a server "
@@ -98,6 +108,9 @@ EVENTS_LOST = Counter(
     registry=None,
 )
 
+MEDIA_BACKLOG = Gauge("vad_media_backlog", "Frames waiting for the media writer and the clip encoder", registry=None)
+MEDIA_DISK_BYTES = Gauge("vad_media_disk_bytes", "Bytes of event media under RUN_DIR/snapshots", registry=None)
+
 # The notifier's, one series per destination ("mqtt", or a webhook's name).
 NOTIFY_DELIVERED = Counter(
     "vad_notify_delivered", "Events a destination acknowledged (broker PUBACK, HTTP 2xx)", ["destination"]
@@ -124,7 +137,7 @@ NOTIFY_LAG_SECONDS = Gauge(
 
 
 def register_alerter_metrics() -> None:
-    for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST):
+    for metric in (EVENT_LOG_UP, EVENT_LOG_ERRORS, EVENT_LOG_HELD, EVENTS_LOST, MEDIA_BACKLOG, MEDIA_DISK_BYTES):
         try:
             REGISTRY.register(metric)
         except ValueError:  # already registered (an alerter run before in this process: tests)
