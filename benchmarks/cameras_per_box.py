@@ -13,7 +13,8 @@ fail, ends early.
 
 N starts at --start and doubles while trials hold, then the gap between the
 largest N held and the smallest N that failed is halved until they are
-neighbours. Each trial starts a fresh pipeline. The machine's load average is
+neighbours. Each trial starts a fresh pipeline; settings not named here are the
+daemon's defaults (event media on). The machine's load average is
 read before each trial: other work on the machine lowers the count.
 """
 

@@ -282,6 +282,7 @@ def end_to_end(data: Path, device: str, cameras: int, frames: int, max_batch_pat
                         "events_endpoint": f"ipc://{run_dir}/events",
                         "score_log": str(run_dir / "scores.jsonl"),
                         "exit_at_end": True,
+                        "media": {"enabled": False},  # the scoring path; what media cost is in docs/review.md
                     },
                     "metrics": {"enabled": False},
                     "supervisor": {"restart": False},
