@@ -6,8 +6,11 @@ Camera k plays Ped2 test clip k on a loop at 10 fps (each pass a new recording),
 as a live camera (the oldest frame dropped when the pipeline falls behind) or,
 with --lossless, as a recording read only as fast as the pipeline takes it.
 `vad run` supervises the stages; every --kill-every seconds (randomised by
-±50 %, --seed) one stage process chosen at random gets SIGKILL. At the end the
-daemon is stopped with SIGTERM and the script prints:
+±50 %, --seed) one stage process gets SIGKILL. The kills take the stages in
+turn (capture, patch stage, scorer, alerter, in an order shuffled anew each
+round), each time a random process of that stage, so every stage is killed
+about as often. At the end the daemon is stopped with SIGTERM and the script
+prints:
 
 - frames per camera: numbered by capture, scored, counted lost (the alerter logs
   each gap), unaccounted (numbered, neither scored nor counted: must be 0), and
@@ -50,6 +53,7 @@ from streamer import ped2
 from streamer.detector import Detector
 from streamer.model import BUNDLED_MODEL, PatchModel
 from streamer.pipeline import config as pipeline_config
+from streamer.pipeline.config import StageRef
 from streamer.pipeline.events import EventTracker, read_events
 from streamer.sources import FolderSource
 
@@ -158,6 +162,7 @@ class Soak:
         self.process = process
         self.ports = {ref.label: pipeline_config.metrics_port(cfg, ref) for ref in pipeline_config.stage_refs(cfg)}
         self.rng = random.Random(args.seed)
+        self.turns: list[str] = []  # stages still to be killed this round
         self.kills: list[dict] = []  # label, time, back_up (seconds)
         self.rss: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(dict)  # label -> pid -> samples
         self.started: dict[int, float] = {}  # pid -> first seen
@@ -183,7 +188,15 @@ class Soak:
                 self._last_drop[camera.id] = value
 
     def kill_one(self) -> None:
-        label, pid = self.rng.choice(sorted(stage_processes(self.process.pid).items()))
+        if not self.turns:
+            self.turns = ["capture", "patcher", "scorer", "alerter"]
+            self.rng.shuffle(self.turns)
+        stage = self.turns.pop()
+        running = sorted(stage_processes(self.process.pid).items())
+        candidates = [(label, pid) for label, pid in running if label.startswith(stage)]
+        if not candidates:  # being restarted after a crash of its own: its turn passes
+            return
+        label, pid = self.rng.choice(candidates)
         os.kill(pid, signal.SIGKILL)
         kill = {"label": label, "pid": pid, "time": time.time(), "back_up": None}
         self.kills.append(kill)
@@ -316,9 +329,14 @@ def report(soak: Soak, run_dir: Path, clips: dict, expected: dict, load: tuple) 
         "| scored again after kill, max s | RSS after warm-up -> last sample (MiB) | growth |"
     )
     print("|---|---|---|---|---|---|---|")
+    restarts_by_label = {
+        StageRef.from_metric_labels(dict(labels)).label: value
+        for (name, labels), value in soak.supervisor_metrics.items()
+        if name == "vad_stage_restarts_total"
+    }
     for label in [*soak.ports, "supervisor"]:
         kills = [k for k in soak.kills if k["label"] == label]
-        restarts = soak.supervisor_metrics.get(("vad_stage_restarts_total", (("stage", label),)), 0.0)
+        restarts = restarts_by_label.get(label, 0.0)
         back = [k["back_up"] for k in kills if k["back_up"] is not None]
         flowing = [scored_again(k, records, cfg) for k in kills]
         flowing = [f for f in flowing if f is not None]

@@ -15,7 +15,7 @@ from .model import BUNDLED_MODEL
 
 log = logging.getLogger("vad")
 
-TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics")
+TRAIN_METHODS = ("ae", "nre", "sdae_kmeans", "dec", "ics", "crossmodal")
 ALERT_MAX_BYTES = 1 << 20  # an event is a few kB; a larger message from the publisher is refused by libzmq
 
 
@@ -71,6 +71,7 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         f"at threshold {point['threshold']:.4g}:          recall {point['recall']:.2%} of anomalous frames, "
         f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
     )
+    print("recall by clip:  " + ", ".join(f"{clip} {recall:.0%}" for clip, recall in point["recall_by_clip"].items()))
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
     skipped = report["frames_skipped"]
@@ -160,6 +161,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {ref.label} %(name)s: %(message)s"))
     stop = stop_on_signals()
+    telemetry.initialise(ref.name, [ref.camera] if ref.camera else [c.id for c in cfg.cameras])
     if cfg.metrics.enabled:
         port = pipeline_config.metrics_port(cfg, ref)
         try:
@@ -260,25 +262,50 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """The supervisor's view of its stages; with --stage, one stage process (e.g. a scorer on its own host)."""
+    """The supervisor's view of its stages and each camera's state; with --stage, one stage process (e.g. a
+    scorer on its own host)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from .pipeline import config as pipeline_config
     from .pipeline import telemetry
+    from .pipeline.config import StageRef
 
     cfg = pipeline_config.load(args.config)
     if args.stage:
         return stage_health(cfg, args)
+
+    def samples(port: int, name: str) -> list:
+        """The samples of one metric at a process's /metrics; OSError if it does not answer."""
+        text = telemetry.fetch(cfg.metrics, port, args.timeout)
+        return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+    def samples_or_none(port: int, name: str) -> list | None:
+        try:
+            return samples(port, name)
+        except OSError:
+            return None
+
     try:
-        text = telemetry.fetch(cfg.metrics, pipeline_config.supervisor_metrics_port(cfg), args.timeout)
+        stages = samples(pipeline_config.supervisor_metrics_port(cfg), "vad_stage_up")
     except OSError as e:
         print(f"unhealthy: the supervisor does not answer at {e}", file=sys.stderr)
         return 1
-    for family in text_string_to_metric_families(text):
-        if family.name == "vad_stage_up":
-            for sample in family.samples:
-                print(f"{sample.labels['stage']:<24} {'up' if sample.value else 'restarting'}")
-    return 0
+    for sample in stages:
+        print(f"{StageRef.from_metric_labels(sample.labels).label:<24} {'up' if sample.value else 'restarting'}")
+    # A camera is only watched if the alerter takes its frames: all of them rejected is a blind camera.
+    blind = samples_or_none(pipeline_config.metrics_port(cfg, StageRef("alerter")), "vad_camera_blind")
+    blind = {s.labels["camera"]: s.value for s in blind} if blind is not None else {}
+    healthy = True
+    for camera in cfg.cameras:
+        up = samples_or_none(pipeline_config.metrics_port(cfg, StageRef("capture", camera.id)), "vad_camera_up")
+        if blind.get(camera.id):
+            state, healthy = "blind (its frames reach the alerter and every one is rejected)", False
+        elif not up or camera.id not in blind:
+            state = "unknown (its capture or the alerter does not answer)"
+        else:
+            state = "up" if up[0].value else "down (no frames from its source)"
+        print(f"{f'camera[{camera.id}]':<24} {state}")
+    return 0 if healthy else 1
 
 
 def stage_health(cfg, args: argparse.Namespace) -> int:
@@ -532,7 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--authorize", help="also copy the public key into this authorized_keys folder")
     p.set_defaults(func=cmd_keys_generate)
 
-    p = sub.add_parser("health", help="exit 0 if the daemon's supervisor answers; prints each stage's state")
+    p = sub.add_parser(
+        "health",
+        help="prints each stage's and camera's state; exit 0 if the supervisor answers and no camera is blind",
+    )
     p.add_argument("--config", required=True, help="the pipeline YAML the daemon runs")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     p.add_argument(

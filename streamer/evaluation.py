@@ -190,6 +190,7 @@ def evaluate_ped2(
         records, skipped = score_ped2(model, data, settings, progress)
     seconds = time.perf_counter() - started
     summary = summarize(records)
+    scoring = settings or model.card.scoring
     report = {
         "model": str(model_path),
         "method": model.card.method,
@@ -201,8 +202,8 @@ def evaluate_ped2(
         "eer_normalized": summary["eer_normalized"],
         "auc_normalized": summary["auc_normalized"],
         "normalized_protocol": "non-causal: scores min-max normalised within each test clip",
-        "scoring": (settings or model.card.scoring).to_dict(),
-        "at_threshold": operating_point(records, (settings or model.card.scoring).threshold),
+        "scoring": scoring.to_dict(),
+        "at_threshold": operating_point(records, scoring.threshold),
         "frames_scored": len(records),
         "frames_skipped": skipped,
         # label-free: how much of the test set is busier than the training clips (None: the card does not say)

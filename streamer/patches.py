@@ -23,7 +23,18 @@ empty in training: the network learns to output zero there, and every fast
 pixel becomes reconstruction error. Channel k is 255 where the speed lies in
 [flow_bins[k], flow_bins[k+1]) pixels per frame (the last band is open-ended).
 
-`appearance: false` drops I_t, leaving motion channels only.
+`appearance: false` drops I_t, leaving motion channels only; `appearance_mask`
+keeps I_t only where the flow speed reaches the first band edge (0 elsewhere):
+what the movers look like, without the background behind them.
+
+Extra channels for 'flow' and 'flowbins', after the motion channels, in this order:
+  flow_signed  [dx, dy]   the flow of the patch's moving pixels relative to their
+                          mean, uint8 with 128 = 0 (and still pixels) and 255 =
+                          +flow_max: a walker's legs move against the torso, a
+                          rider or a skater glides
+  context k    the motion channels of the window k times the patch, centred on it,
+               shrunk to the patch size: the shape of the whole mover around it
+Only the motion channels themselves feed `motion_energy` and the gate.
 
 Patches leave here as uint8 (cheap to ship between processes); `to_model_input`
 turns them into the float32 [0, 1] batch that models take.
@@ -60,6 +71,9 @@ class PatchSpec:
     flow_max: float = 8.0  # 'flow': pixels per frame (at working resolution) stored as 255
     flow_bins: tuple[float, ...] = (0.5, 1.5, 3.0)  # 'flowbins': lower edges of the speed bands, px/frame
     appearance: bool = True  # False drops I_t from 'diff', 'flow' and 'flowbins': motion channels only
+    appearance_mask: bool = False  # I_t only where the flow speed reaches flow_bins[0], 0 elsewhere
+    flow_signed: bool = False  # add (dx, dy) relative to the mean flow of the patch's moving pixels
+    context: int = 1  # > 1: add the motion channels of a window `context` times the patch, shrunk to its size
     frame_size: tuple[int, int] | None = None  # (height, width) frames are resized to; None keeps them
 
     def __post_init__(self):
@@ -78,6 +92,11 @@ class PatchSpec:
                 f"flow_levels and flow_iterations must be >= 1 and flow_window >= 3, got "
                 f"{self.flow_levels}, {self.flow_iterations}, {self.flow_window}"
             )
+        flow = self.motion in ("flow", "flowbins")
+        if (self.appearance_mask and not (flow and self.appearance)) or (self.flow_signed and not flow):
+            raise ValueError("appearance_mask (with appearance) and flow_signed need motion 'flow' or 'flowbins'")
+        if self.context < 1 or (self.context > 1 and not flow):
+            raise ValueError(f"context must be >= 1, and > 1 only with motion 'flow' or 'flowbins', got {self.context}")
         bins = tuple(float(b) for b in self.flow_bins)
         if not bins or bins[0] <= 0 or any(b >= c for b, c in zip(bins, bins[1:])):
             raise ValueError(f"flow_bins must be positive and increasing, got {self.flow_bins}")
@@ -89,10 +108,18 @@ class PatchSpec:
             object.__setattr__(self, "frame_size", (int(h), int(w)))
 
     @property
+    def motion_channels(self) -> slice:
+        """Where the motion channels sit among a patch's channels (the ones `motion_energy` reads)."""
+        count = {"none": 0, "diff": 1, "flow": 1, "flowbins": len(self.flow_bins), "stack": self.depth}[self.motion]
+        first = int(self.motion not in ("none", "stack") and self.appearance)
+        return slice(first, first + count)
+
+    @property
     def channels(self) -> int:
-        motion = {"none": 0, "diff": 1, "flow": 1, "flowbins": len(self.flow_bins), "stack": self.depth}[self.motion]
-        appearance = self.motion != "stack" and (self.appearance or self.motion == "none")
-        return motion + appearance
+        motion = self.motion_channels
+        appearance = self.motion == "none" or motion.start
+        extras = 2 * self.flow_signed + (motion.stop - motion.start) * (self.context > 1)
+        return appearance + motion.stop - motion.start + extras
 
     @property
     def history(self) -> int:
@@ -171,8 +198,18 @@ def _to_full_size(plane: np.ndarray, shape: tuple[int, int], scale: float) -> np
 
 def flow_speed(previous: np.ndarray, current: np.ndarray, spec: PatchSpec) -> np.ndarray:
     """Optical-flow speed (the spec's flow settings), float32 pixels per frame at full resolution."""
+    return _flow_fields(previous, current, spec)[0]
+
+
+def _flow_fields(previous: np.ndarray, current: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Speed (H, W) and, with `flow_signed`, the flow itself (2, H, W), float32 full-resolution pixels per frame."""
     flow = _flow_at_scale(previous, current, spec)
-    return _to_full_size(cv2.magnitude(flow[..., 0], flow[..., 1]), current.shape, spec.flow_scale)
+    speed = _to_full_size(cv2.magnitude(flow[..., 0], flow[..., 1]), current.shape, spec.flow_scale)
+    if not spec.flow_signed:
+        return speed, None
+    return speed, np.stack(
+        [_to_full_size(np.ascontiguousarray(flow[..., i]), current.shape, spec.flow_scale) for i in (0, 1)]
+    )
 
 
 def speed_bins(speed: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
@@ -182,26 +219,72 @@ def speed_bins(speed: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
 
 
 def channel_planes(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
-    """(C, H, W) uint8 planes from frames ordered oldest to newest."""
+    """(C, H, W) uint8 planes (appearance and motion) from frames ordered oldest to newest."""
+    return _planes(frames, spec)[0]
+
+
+def _planes(frames: list[np.ndarray], spec: PatchSpec) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """`channel_planes`, with the speed and (given `flow_signed`) the flow they came from."""
     current = frames[-1]
     if spec.motion == "none":
-        return current[None]
+        return current[None], None, None
     if spec.motion == "stack":
-        return np.stack(frames)
+        return np.stack(frames), None, None
+    speed = flow = None
     if spec.motion == "diff":
         motion = cv2.absdiff(current, frames[-2])[None]
     else:
-        speed = flow_speed(frames[-2], current, spec)
+        speed, flow = _flow_fields(frames[-2], current, spec)
         if spec.motion == "flow":
             motion = cv2.convertScaleAbs(speed, alpha=255.0 / spec.flow_max)[None]
         else:
             motion = speed_bins(speed, spec.flow_bins)
-    return np.concatenate([current[None], motion]) if spec.appearance else motion
+    if not spec.appearance:
+        return motion, speed, flow
+    look = np.where(speed >= spec.flow_bins[0], current, 0).astype(np.uint8) if spec.appearance_mask else current
+    return np.concatenate([look[None], motion]), speed, flow
 
 
 def patches_from_frames(frames: list[np.ndarray], spec: PatchSpec) -> np.ndarray:
     """Patches of the newest of `frames` (oldest first, spec.history + 1 of them, already prepared)."""
-    return extract_patches(channel_planes(frames, spec), spec.size, spec.stride)
+    planes, speed, flow = _planes(frames, spec)
+    patches = [extract_patches(planes, spec.size, spec.stride)]
+    if spec.flow_signed:
+        patches.append(relative_flow_patches(flow, speed, spec))
+    if spec.context > 1:
+        patches.append(context_patches(planes[spec.motion_channels], spec))
+    return np.concatenate(patches, axis=1) if len(patches) > 1 else patches[0]
+
+
+def relative_flow_patches(flow: np.ndarray, speed: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """(N, 2, S, S) uint8: the flow of each patch's moving pixels (speed >= flow_bins[0]) minus their mean.
+
+    128 is no motion relative to the mover (and every still pixel), 0 and 255 are -/+ flow_max pixels per frame.
+    """
+    flow = extract_patches(flow, spec.size, spec.stride)  # (N, 2, S, S) float32
+    moving = extract_patches(speed[None], spec.size, spec.stride) >= spec.flow_bins[0]  # (N, 1, S, S)
+    count = moving.sum(axis=(2, 3), keepdims=True)
+    mean = (flow * moving).sum(axis=(2, 3), keepdims=True) / np.maximum(count, 1)
+    relative = 128.0 + np.where(moving, flow - mean, 0.0) * (127.0 / spec.flow_max)
+    return np.clip(np.rint(relative), 0, 255).astype(np.uint8)
+
+
+def context_patches(planes: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """(N, C, S, S) uint8: the window `spec.context` times each patch, centred on it, shrunk to S x S.
+
+    The planes are shrunk once and padded with zeros, so windows reaching past the frame see nothing moving there.
+    """
+    c, h, w = planes.shape
+    k, size = spec.context, spec.size
+    small_size = (max(1, round(w / k)), max(1, round(h / k)))
+    small = np.stack([cv2.resize(plane, small_size, interpolation=cv2.INTER_AREA) for plane in planes])
+    padded = np.pad(small, ((0, 0), (size, size), (size, size)))
+    windows = sliding_window_view(padded, (size, size), axis=(1, 2))
+    # a patch centred at (y + S/2) sits at (y + S/2) / k in the shrunk planes; its window starts S/2 before that
+    ys = np.rint((grid_origins(h, size, spec.stride) + size / 2) / k).astype(int) - size // 2 + size
+    xs = np.rint((grid_origins(w, size, spec.stride) + size / 2) / k).astype(int) - size // 2 + size
+    picked = windows[:, ys][:, :, xs]
+    return np.ascontiguousarray(picked.transpose(1, 2, 0, 3, 4).reshape(-1, c, size, size))
 
 
 def extract_patches(planes: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -227,7 +310,7 @@ def motion_energy(patches: np.ndarray, spec: PatchSpec) -> np.ndarray:
     if spec.motion == "stack":
         newest, previous = patches[:, -1].astype(np.int16), patches[:, -2].astype(np.int16)
         return np.abs(newest - previous).reshape(len(patches), -1).mean(axis=1, dtype=np.float32)
-    motion = patches[:, 1:] if spec.appearance else patches
+    motion = patches[:, spec.motion_channels]
     if spec.motion == "flowbins":
         motion = motion.max(axis=1, keepdims=True)
     return motion.reshape(len(patches), -1).mean(axis=1, dtype=np.float32)

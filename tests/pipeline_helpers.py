@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamer.patches import PatchExtractor
 from streamer.pipeline import messages
 from streamer.pipeline.config import free_port_base
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager
@@ -112,16 +122,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def vad_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streamer.cli", "--log-level", "info", *args]
+def vad_command(*args: str, level: str = "info") -> list[str]:
+    return [sys.executable, "-m", "streamer.cli", "--log-level", level, *args]
 
 
 @contextmanager
-def running(*args: str, log: Path, prefix: tuple[str, ...] = ()):
+def running(*args: str, log: Path, prefix: tuple[str, ...] = (), level: str = "info"):
     """A `vad ...` process (run through `prefix`, e.g. ip netns exec NAME), killed with all its children on the way
     out whatever happens."""
     with open(log, "w") as out:
-        process = subprocess.Popen([*prefix, *vad_command(*args)], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*prefix, *vad_command(*args, level=level)], stdout=out, stderr=subprocess.STDOUT)
     children: set[int] = set()
     try:
         yield process, children

@@ -26,6 +26,8 @@ def test_eval_cli_writes_report_and_roc(tiny_model, synthetic_ped2, tmp_path, ca
     frames = report["frames"]
     assert len(frames) == 40 and frames[0] == {**frames[0], "video": "Test001", "frame": 1, "label": 0}
     assert [f["label"] for f in frames[:20]] == [0] * 10 + [1] * 10
+    assert set(report["at_threshold"]["recall_by_clip"]) == {"Test001", "Test002"}
+    assert "recall by clip:  Test001" in printed
     roc = cv2.imread(str(out / "roc.png"))
     assert roc is not None and roc.shape[0] > 100
     # A model trained on slow movers must notice the fast one in this easy synthetic case.

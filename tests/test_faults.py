@@ -58,7 +58,9 @@ def crash_config(tmp_path, **supervisor):
 def test_a_crashing_stage_is_restarted_with_doubling_waits_and_a_crash_loop_is_reported(tmp_path, caplog):
     path, cfg = crash_config(tmp_path, backoff={"initial_seconds": 0.1, "max_seconds": 0.4})
     supervisor = CrashingSupervisor(path, cfg)
-    counted = REGISTRY.get_sample_value("vad_stage_restarts_total", {"stage": "scorer[0]"}) or 0
+    scorer_labels = {"stage": "scorer", "camera": "", "index": "0"}
+    counted = REGISTRY.get_sample_value("vad_stage_restarts_total", scorer_labels)
+    assert counted is not None  # created with the supervisor, before any restart
     caplog.set_level(logging.WARNING, logger="streamer.pipeline.supervisor")
     supervisor.start()
     try:
@@ -74,7 +76,7 @@ def test_a_crashing_stage_is_restarted_with_doubling_waits_and_a_crash_loop_is_r
     assert waits[:6] == [0.1, 0.2, 0.4, 0.4, 0.4, 0.4]  # doubling, capped at max_seconds
     loops = [r for r in caplog.records if "scorer[0]" in r.getMessage() and "crash loop" in r.getMessage()]
     assert loops and loops[0].levelno == logging.ERROR and f"{CRASH_LOOP} failures in a row" in loops[0].getMessage()
-    restarts = REGISTRY.get_sample_value("vad_stage_restarts_total", {"stage": "scorer[0]"}) - counted
+    restarts = REGISTRY.get_sample_value("vad_stage_restarts_total", scorer_labels) - counted
     assert restarts >= CRASH_LOOP  # every restart is counted, and the supervisor kept going
     assert all(child.process is None or child.process.poll() is not None for child in supervisor.children.values())
 
@@ -136,15 +138,24 @@ def kill(daemon, label: str) -> float:
     wait_for(lambda: stages_of(process.pid).get(label, old) != old, 30, f"{label} to be started again")
     wait_for(lambda: sum(s["t_alert"] > killed_at for s in scored(daemon)) >= 10, 60, f"frames after {label} came back")
     port = pipeline_config.supervisor_metrics_port(daemon["cfg"])
-    assert sample(scrape(port), "vad_stage_restarts_total", stage=label) == daemon["kills"][label]
-    assert sample(scrape(port), "vad_stage_up", stage=label) == 1
+    ref = next(ref for ref in pipeline_config.stage_refs(daemon["cfg"]) if ref.label == label)
+    labels = dict(zip(("stage", "camera", "index"), ref.metric_labels))
+    assert sample(scrape(port), "vad_stage_restarts_total", **labels) == daemon["kills"][label]
+    assert sample(scrape(port), "vad_stage_up", **labels) == 1
     return stopped_at
 
 
 def test_vad_health_lists_every_stage_up(daemon, capsys):
+    wait_for(lambda: scored(daemon), 60, "frames scored: every stage serving")
     assert main(["health", "--config", str(daemon["config"])]) == 0
     states = dict(line.split() for line in capsys.readouterr().out.splitlines())
-    assert states == {"capture[cam1]": "up", "patcher[cam1]": "up", "scorer[0]": "up", "alerter": "up"}
+    assert states == {
+        "capture[cam1]": "up",
+        "patcher[cam1]": "up",
+        "scorer[0]": "up",
+        "alerter": "up",
+        "camera[cam1]": "up",
+    }
 
 
 def test_a_killed_scorer_is_restarted_and_frames_flow_again(daemon):

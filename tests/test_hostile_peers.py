@@ -1,15 +1,18 @@
-"""A hostile or broken peer cannot crash a stage or balloon its memory.
+"""A hostile or broken peer cannot crash a stage, balloon its memory, or take a camera away.
 
 Each receiving stage (patch, scorer, alerter) runs as its own process with this
 test standing in for its neighbours. It gets a burst of hostile messages (garbage,
 a JSON nesting bomb, NaN and infinite numbers, unknown kinds, huge claimed shapes,
 wrong dtypes, 100 000 parts, an absurd frame shape, a 64 MiB part), then one good
-message, which must come out the other side as usual.
+message, which must come out the other side as usual. The alerter also gets a
+foreign stream for a real camera, and subscribers that send huge and countless
+subscription prefixes. The messages and raw connections are the hostile soak's
+(benchmarks/hostile_soak.py), which throws them at a whole daemon for minutes.
 """
 
 from __future__ import annotations
 
-import json
+import signal
 import time
 
 import numpy as np
@@ -20,23 +23,32 @@ from streamer.model import ModelCard, card_path_for
 from streamer.patches import PatchExtractor
 from streamer.pipeline import config as pipeline_config
 from streamer.pipeline import messages
+from streamer.pipeline.config import free_port_base
+from streamer.pipeline.events import read_events
 
 from .pipeline_helpers import (
     frame_header,
+    load_benchmark,
     read_jsonl,
+    receive_events,
     rss_bytes,
     running,
     sample,
     scores_parts,
     scrape,
     short_dir,
+    subscriber,
     try_scrape,
     wait_for,
     write_config,
 )
 
+HOSTILE = load_benchmark("hostile_soak")  # the hostile peer's messages and raw connections
 HUGE_PART = 64 << 20  # four times the default message limit
 MEMORY_SLACK = 32 << 20  # RSS a stage may gain over the whole burst (it would gain > 64 MiB holding the huge part)
+# What a flooding subscriber sent before it was cut is kept until libzmq closes the connection: a few MiB each.
+# Unbounded (a PUB socket, the limit 16 MiB), the same subscriptions grew one by 245 MiB.
+FLOOD_SLACK = 64 << 20
 
 
 def good_message(stage: str, card: ModelCard) -> list:
@@ -49,34 +61,6 @@ def good_message(stage: str, card: ModelCard) -> list:
         header = {**frame_header(), "kind": "patches", "frame_shape": list(image.shape), "moving": len(patches)}
         return messages.encode(header, {"patches": patches, "active": np.ones(len(patches), bool)})
     return scores_parts(card, seq=0, score=0.0)
-
-
-def hostile_variants(good: list) -> dict[str, list]:
-    """Messages every stage must count as malformed and drop, made from a good one."""
-    header = json.loads(bytes(good[0]))
-    buffers = [bytes(memoryview(b)) for b in good[1:]]
-
-    def with_header(text: str | None = None, **changes) -> list:
-        return [(text or json.dumps({**header, **changes})).encode(), *buffers]
-
-    first = header["arrays"][0]
-    variants = {
-        "garbage": [b"\x00\xff\xfe not a header"],
-        "nesting bomb": [b"[" * 4000],
-        "NaN": with_header(t_capture=float("nan")),
-        "infinite number": with_header(json.dumps({**header, "t_capture": 4321.5}).replace("4321.5", "1e999")),
-        "unknown kind": with_header(kind="video"),
-        "huge claimed shape": with_header(
-            arrays=[{**first, "shape": [2**40] * len(first["shape"])}, *header["arrays"][1:]]
-        ),
-        "wrong dtype": with_header(arrays=[{**first, "dtype": "float64"}, *header["arrays"][1:]]),
-        "too many parts": [good[0], *[b""] * 100_000],
-    }
-    if "frame_shape" in header:
-        variants["absurd frame shape"] = with_header(frame_shape=[1_000_000, 1_000_000])
-    if "moving" in header:
-        variants["impossible moving count"] = with_header(moving=-5)
-    return variants
 
 
 @pytest.mark.parametrize("stage", ["patcher", "scorer", "alerter"])
@@ -99,7 +83,7 @@ def attack(run_dir, tiny_model, stage):
         "alerter": ((cfg.alerter.scores_endpoint, False), (None, None)),
     }[stage]
     good = good_message(stage, card)
-    variants = hostile_variants(good)
+    variants = HOSTILE.hostile_variants(good)
     with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as upstream, ctx.socket(zmq.PULL) as downstream:
         for socket in (upstream, downstream):
             socket.setsockopt(zmq.LINGER, 0)
@@ -140,3 +124,115 @@ def attack(run_dir, tiny_model, stage):
             assert rejected() == len(variants)  # the huge part never reached the stage's code
             assert process.poll() is None
             assert rss_bytes(process.pid) - before < MEMORY_SLACK
+
+
+def test_a_foreign_stream_neither_blinds_a_camera_nor_freezes_the_alerter(tiny_model):
+    with short_dir() as run_dir:
+        foreign_stream_attack(run_dir, tiny_model)
+
+
+def foreign_stream_attack(run_dir, tiny_model):
+    """Issue 19, 1: one well-formed message of a new stream retired the camera's real stream, and seq 10**12
+    of that stream made the alerter step towards it one number at a time, deaf to SIGTERM."""
+    card = ModelCard.load(card_path_for(tiny_model))
+    config = write_config(
+        run_dir,
+        tiny_model,
+        [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
+        alerter={"end_after": 2, "update_every": 3},
+    )
+    cfg = pipeline_config.load(config)
+    port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
+    high = card.scoring.threshold * 3
+    real = [0.0] * 5 + [high] * 5 + [0.0] * 5  # an anomaly in frames 5-9, after the attack
+    with (
+        zmq.Context() as ctx,
+        ctx.socket(zmq.PUSH) as scorer,
+        running("stage", "alerter", "--config", str(config), log=run_dir / "log") as (process, _),
+    ):
+        scorer.setsockopt(zmq.LINGER, 0)
+        scorer.connect(cfg.alerter.scores_endpoint)
+        wait_for(lambda: try_scrape(port), 30, "the alerter's metrics endpoint")
+        for seq in range(5):
+            messages.send(scorer, scores_parts(card, seq, real[seq], stream="real"))
+        wait_for(lambda: len(read_jsonl(run_dir / "scores.jsonl")) == 5, 20, "the first real frames")
+        messages.send(scorer, scores_parts(card, 0, high, stream="evil"))  # a plausible start, even
+        messages.send(scorer, scores_parts(card, 10**12, high, stream="evil"))
+        for seq in range(5, len(real)):
+            messages.send(scorer, scores_parts(card, seq, real[seq], stream="real"))
+        wait_for(lambda: len(read_jsonl(run_dir / "scores.jsonl")) == len(real), 20, "every real frame decided on")
+        families = scrape(port)
+        assert sample(families, "vad_messages_rejected_total", stage="alerter", reason="foreign_stream") == 2
+        assert sample(families, "vad_messages_rejected_total", stage="alerter", reason="late") == 0
+        assert sample(families, "vad_camera_blind", camera="cam1") == 0
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0 and time.monotonic() - started < 5
+    records = read_jsonl(run_dir / "scores.jsonl")
+    assert [(r["seq"], r["score"]) for r in records] == list(enumerate(real))
+    events = read_events(cfg.alerter.event_log)
+    assert [e["type"] for e in events][0] == "start" and events[-1]["type"] == "end"
+    assert all(e["frames"] >= 1 and e["seq"] < len(real) for e in events)
+    assert events[-1]["reason"] == "below_threshold"
+
+
+def test_subscribers_cannot_grow_the_alerter_and_a_real_subscriber_still_gets_events(tiny_model):
+    with short_dir() as run_dir:
+        subscription_flood(run_dir, tiny_model)
+
+
+def subscription_flood(run_dir, tiny_model):
+    """Issue 19, 2: the events socket's limits were set after bind, so never applied: 100 subscribers sending
+    a 2 MB prefix each took the alerter from 64 MB to 9.6 GB. libzmq also keeps every distinct prefix a
+    subscriber sends, at tens of bytes per byte: many small ones cost as much."""
+    card = ModelCard.load(card_path_for(tiny_model))
+    config = write_config(
+        run_dir,
+        tiny_model,
+        [{"id": "cam1", "source": str(run_dir), "kind": "folder"}],
+        alerter={"events_endpoint": f"tcp://127.0.0.1:{free_port_base(1)}"},  # as shipped: loopback tcp
+    )
+    cfg = pipeline_config.load(config)
+    port = pipeline_config.metrics_port(cfg, pipeline_config.StageRef("alerter"))
+    with (
+        zmq.Context() as ctx,
+        ctx.socket(zmq.PUSH) as scorer,
+        subscriber(cfg.alerter.events_endpoint) as real,
+        running("stage", "alerter", "--config", str(config), log=run_dir / "log") as (process, _),
+    ):
+        scorer.setsockopt(zmq.LINGER, 0)
+        scorer.connect(cfg.alerter.scores_endpoint)
+        wait_for(lambda: try_scrape(port), 30, "the alerter's metrics endpoint")
+
+        def peer():
+            try:
+                return HOSTILE.RawPeer(cfg.alerter.events_endpoint)
+            except OSError:  # not bound yet
+                return None
+
+        wait_for(peer, 20, "the events socket").close()
+        before = rss_bytes(process.pid)
+        for k in range(2):
+            big = peer()
+            big.subscribe(bytes([65 + k]) * (2 << 20))  # a 2 MB prefix
+            assert big.cut(10), "a 2 MB subscription was taken"
+            big.close()
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            flood = peer()
+            for _ in range(2000):  # distinct 200-byte prefixes
+                if not flood.subscribe(rng.bytes(200)):
+                    break
+            assert flood.cut(10), "a subscriber flooding distinct prefixes was not cut"
+            flood.close()
+        cuts = sample(scrape(port), "vad_messages_rejected_total", stage="alerter", reason="subscription")
+        assert 1 <= cuts <= 5  # counted; a flood may also find its connection closed by libzmq first
+        grown = rss_bytes(process.pid) - before
+        high = card.scoring.threshold * 3
+        for seq, score in enumerate([0.0, high, high, high, high, high, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]):
+            messages.send(scorer, scores_parts(card, seq, score))
+        received = receive_events(real, 3.0)
+        assert [e["type"] for e in received][0] == "start" and received[-1]["type"] == "end"
+        assert received == read_events(cfg.alerter.event_log)
+        assert process.poll() is None
+        assert grown < FLOOD_SLACK, f"the alerter grew by {grown >> 20} MiB"

@@ -7,11 +7,13 @@ from streamer.patches import (
     PatchExtractor,
     PatchSpec,
     channel_planes,
+    context_patches,
     extract_patches,
     flow_speed,
     grid_origins,
     motion_energy,
     patch_boxes,
+    relative_flow_patches,
     speed_bins,
     to_model_input,
 )
@@ -141,6 +143,10 @@ def test_frames_are_resized_and_boxes_mapped_back():
         dict(flow_iterations=0),
         dict(flow_window=2),
         dict(flow_method="lucas_kanade"),
+        dict(motion="diff", flow_signed=True),
+        dict(motion="flowbins", appearance=False, appearance_mask=True),
+        dict(motion="stack", context=3),
+        dict(context=0),
     ],
 )
 def test_invalid_specs(kwargs):
@@ -174,3 +180,54 @@ def test_motion_only_channels():
     assert np.array_equal(out, extract_patches(cv2.absdiff(a, b)[None], 30, 15))
     assert np.allclose(motion_energy(out, spec), out.reshape(len(out), -1).mean(axis=1))
     assert PatchSpec(motion="flow", appearance=False).channels == 1
+
+
+def test_extra_channels_follow_the_motion_channels_and_leave_the_energy_alone():
+    frames = synthetic_frames(2, speed=4, seed=2)
+    plain = PatchSpec(motion="flowbins", flow_scale=1.0)
+    extended = PatchSpec(motion="flowbins", flow_scale=1.0, flow_signed=True, context=3)
+    assert (extended.channels, extended.motion_channels) == (1 + 3 + 2 + 3, slice(1, 4))
+    assert PatchSpec(motion="flowbins", appearance=False, context=2).channels == 6
+    base, more = PatchExtractor(plain), PatchExtractor(extended)
+    for frame in frames:
+        a, b = base.push(frame), more.push(frame)
+    assert b.shape == (len(a), 9, 30, 30) and np.array_equal(b[:, :4], a)
+    np.testing.assert_array_equal(motion_energy(a, plain), motion_energy(b, extended))
+    assert PatchSpec.from_dict(extended.to_dict()) == extended
+
+
+def test_relative_flow_is_zero_for_a_rigid_mover_and_signed_for_parts_moving_apart():
+    spec = PatchSpec(motion="flowbins", flow_signed=True, flow_max=8.0)
+    flow = np.zeros((2, 30, 30), np.float32)
+    flow[0, 5:25, 5:25] = 2.0  # a rigid mover, 2 px/frame to the right
+    speed = np.abs(flow[0])
+    rigid = relative_flow_patches(flow, speed, spec)[0].astype(int)
+    assert (rigid == 128).all()  # no motion relative to itself; still pixels read 128 too
+    flow[0, 5:25, 15:25] = 4.0  # its right half now moves twice as fast
+    parts = relative_flow_patches(flow, np.abs(flow[0]), spec)[0].astype(int)
+    # mean flow of the moving pixels: 3; the halves read -1 and +1 px (127/8 levels per px)
+    assert (parts[0, 10, 5:15] == 128 - 16).all() and (parts[0, 10, 15:25] == 128 + 16).all()
+    assert parts[0, 0, 0] == 128 and (parts[1] == 128).all()
+
+
+def test_context_is_the_wider_window_shrunk_to_the_patch_size():
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 256, (2, 90, 120), dtype=np.uint8)
+    spec = PatchSpec(motion="flowbins", context=3)
+    windows = context_patches(planes, spec)
+    boxes = patch_boxes(90, 120, 30, 15)
+    assert windows.shape == (len(boxes), 2, 30, 30)
+    padded = np.pad(planes, ((0, 0), (90, 90), (90, 90)))  # zeros beyond the frame
+    for window, (x, y, _, _) in zip(windows, boxes):
+        around = padded[:, y - 30 + 90 : y + 60 + 90, x - 30 + 90 : x + 60 + 90]  # 90 x 90, centred on the patch
+        expected = np.stack([cv2.resize(p, (30, 30), interpolation=cv2.INTER_AREA) for p in around])
+        np.testing.assert_array_equal(window, expected)
+
+
+def test_appearance_mask_keeps_the_look_of_moving_pixels_only():
+    frames = synthetic_frames(2, speed=4, seed=2)
+    spec = PatchSpec(motion="flowbins", flow_scale=1.0, appearance_mask=True)
+    planes = channel_planes(frames, spec)
+    moving = planes[1:].max(axis=0) > 0
+    assert moving.any() and not moving.all()
+    assert np.array_equal(planes[0][moving], frames[-1][moving]) and not planes[0][~moving].any()

@@ -101,12 +101,14 @@ def test_ungated_samples_rescored_under_the_cards_gate_match_the_gated_proxy(tin
 
 
 def test_the_untrained_flow_statistic_baseline_runs_through_the_proxy(synthetic_ped2):
-    """benchmarks/speed_proxy.py's stand-in card must carry every field the proxy's scoring reads."""
+    """benchmarks/research/speed_proxy.py's stand-in card must carry every field the proxy's scoring reads."""
     import importlib.util
 
     from .conftest import REPO
 
-    spec = importlib.util.spec_from_file_location("speed_proxy_benchmark", REPO / "benchmarks" / "speed_proxy.py")
+    spec = importlib.util.spec_from_file_location(
+        "speed_proxy_benchmark", REPO / "benchmarks" / "research" / "speed_proxy.py"
+    )
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     result = speed_proxy(benchmark.FlowSpeedStatistic(), clips(synthetic_ped2), speedup=2)

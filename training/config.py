@@ -110,6 +110,19 @@ class ICSConfig:
 
 
 @dataclass
+class DensityConfig:
+    """The exported score: the method's own, or the distance of a patch's code to normal codes (training/density.py)."""
+
+    score: Literal["own", "density", "fused"] = "own"  # fused: own and density, each over its spread, summed
+    bank: int = 4096  # training codes kept (greedy k-centre coreset), a constant in the graph
+    neighbours: int = 1  # the density is the mean distance to this many nearest bank codes
+
+    def __post_init__(self):
+        if self.bank < 1 or not 1 <= self.neighbours <= self.bank:
+            raise ValueError(f"density needs bank >= 1 and 1 <= neighbours <= bank, got {self.bank}, {self.neighbours}")
+
+
+@dataclass
 class ExportConfig:
     calibration: Literal["position", "global"] = "position"
     calibration_quantile: float = 0.99
@@ -135,7 +148,7 @@ class ExportConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["ae", "nre", "sdae_kmeans", "dec", "ics"]
+    method: Literal["ae", "nre", "sdae_kmeans", "dec", "ics", "crossmodal"]
     out: str = "runs/model"  # writes OUT.onnx and OUT.json
     seed: int = 0
     # Torch threads. Fixed, so that a seed gives the same network on every machine with the same kind of
@@ -148,4 +161,5 @@ class TrainConfig:
     sdae: SDAEConfig = field(default_factory=SDAEConfig)
     dec: DECConfig = field(default_factory=DECConfig)
     ics: ICSConfig = field(default_factory=ICSConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -43,28 +43,37 @@ class ClipPatches:
 def read_clips(
     folders: list[tuple[str, os.PathLike]], spec: PatchSpec, max_frames: int | None = None, progress: bool = True
 ) -> ClipPatches:
-    """All patches of the (name, folder) clips, the first `max_frames` of each; the extractor restarts per clip."""
-    patches, energy, clip_ids, frame_ids = [], [], [], []
+    """All patches of the (name, folder) clips, the first `max_frames` of each; the extractor restarts per clip.
+
+    The patches go straight into one array sized for every listed frame, so peak memory is the patches once
+    (not once per frame and again joined).
+    """
+    sources = [FolderSource(folder) for _, folder in folders]
+    capacity = sum(len(s) if max_frames is None else min(len(s), max_frames) for s in sources)
+    patches, energy, clip_ids, frame_ids = None, [], [], []
     frame_no = 0
-    for clip_id, (name, folder) in enumerate(tqdm(folders, desc="reading clips", unit="clip", disable=not progress)):
+    for clip_id, source in enumerate(tqdm(sources, desc="reading clips", unit="clip", disable=not progress)):
         extractor = PatchExtractor(spec)
-        for n, frame in enumerate(FolderSource(folder)):
+        for n, frame in enumerate(source):
             if max_frames is not None and n >= max_frames:
                 break
             p = extractor.push(frame.image)
-            patches.append(p)
+            if patches is None:
+                patches = np.empty((capacity * len(p), *p.shape[1:]), np.uint8)
+            patches[frame_no * len(p) : (frame_no + 1) * len(p)] = p
             energy.append(motion_energy(p, spec))
             clip_ids.append(np.full(len(p), clip_id, np.int16))
             frame_ids.append(np.full(len(p), frame_no, np.int32))
             frame_no += 1
-    if not patches:
+    if patches is None:
         raise ValueError("no frames read from the training clips")
+    positions = len(energy[0])
     return ClipPatches(
-        np.concatenate(patches),
+        patches[: frame_no * positions],  # fewer frames than listed where some were unreadable
         np.concatenate(energy),
         np.concatenate(clip_ids),
         np.concatenate(frame_ids),
-        len(patches[0]),
+        positions,
         [name for name, _ in folders],
     )
 

@@ -58,10 +58,12 @@ class CentroidDistance(nn.Module):
         self.encoder = encoder
         self.register_buffer("centroids", centroids.detach().clone())  # constants in the ONNX graph
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(patches)
+    def score_latent(self, z: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         d2 = (z[:, None, :] - self.centroids[None]).square().sum(-1)
         return d2.min(dim=1).values.sqrt()
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.score_latent(self.encoder(patches), patches)
 
 
 def initial_centroids(encoder: nn.Module, train: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, dict]:

@@ -282,6 +282,7 @@ def export_model(
     gate_max_hidden: float | None = None,
     count_bands: int = 0,
     parity_patches: int = 4096,
+    parity_tolerance: float = 1e-5,
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
     seed: int = 0,
@@ -302,7 +303,7 @@ def export_model(
         len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
     )
     patches = calibration_data.patches[np.sort(pick)]
-    parity = check_parity(module, session, patches)
+    parity = check_parity(module, session, patches, parity_tolerance)
     if weights == "float16":
         session, parity["float16"] = halve_weights(
             out_path, session, patches, calibration_quantile, float16_tolerance, threads

@@ -55,9 +55,12 @@ class ICSNet(nn.Module):
     def distance_logit(self, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
         return self.distance((zi - zj).abs()).squeeze(1)
 
+    def score_latent(self, z: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        return self.atypicality_logit(z)
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """The exported scoring graph: the log-odds of atypicality (a probability would round to 1 in float32)."""
-        return self.atypicality_logit(self.features(patches))
+        return self.score_latent(self.features(patches), patches)
 
 
 def closeness_loss(distance_logit: torch.Tensor) -> torch.Tensor:

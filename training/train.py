@@ -18,7 +18,9 @@ from streamer.patches import PatchSpec
 from . import data as training_data
 from .autoencoder import train_autoencoder
 from .config import TrainConfig
+from .crossmodal import train_crossmodal
 from .dec import CentroidDistance, initial_centroids, refine
+from .density import density_scorer
 from .export import export_model
 from .ics import train_ics
 from .loops import reproducible
@@ -43,6 +45,9 @@ class Trained:
     network: dict
     details: dict
     score_description: str
+    # ONNX against PyTorch, relative to the largest score. Distances between codes magnify the encoder's float32
+    # rounding (onnxruntime's and PyTorch's convolutions round differently) by the code's size over the distance.
+    parity_tolerance: float = 1e-5
 
 
 RECONSTRUCTION = "mean squared reconstruction error per patch"
@@ -54,6 +59,13 @@ def fit_method(
     """Train cfg.method's networks on the training patches (val: held-out normal patches)."""
     if cfg.method in ("sdae_kmeans", "dec"):
         return fit_centroid_method(cfg, channels, train, val, rng, progress)
+    if cfg.method == "crossmodal":
+        spec = cfg.patches
+        if not spec.appearance or spec.appearance_mask or spec.motion not in ("flow", "flowbins"):
+            raise ValueError("crossmodal needs patches with the plain appearance channel and flow motion channels")
+        score, history = train_crossmodal(cfg.autoencoder, channels, train, val, rng, progress)
+        description = "mean squared error of the motion channels predicted from the appearance channel"
+        return Trained(score, score.encoder, score.network.config, {"crossmodal_history": history}, description)
     autoencoder, history = train_autoencoder(cfg.autoencoder, channels, train, val, rng, progress)
     details = {"autoencoder_history": history}
     if cfg.method == "ics":
@@ -62,9 +74,7 @@ def fit_method(
             "splitting_autoencoder": autoencoder.config,
             "classifier": "autoencoder encoder -> z -> dense (the logit of a sigmoid classifier)",
         }
-        return Trained(
-            net, net.features, network, details, "log-odds of atypicality head(z) of the ICS classifier"
-        )
+        return Trained(net, net.features, network, details, "log-odds of atypicality head(z) of the ICS classifier")
     if cfg.method == "nre":
         autoencoder, details["nre"] = train_nre(cfg.nre, autoencoder, train, val, rng, cfg.seed, progress)
     return Trained(ReconstructionScore(autoencoder), autoencoder.encoder, autoencoder.config, details, RECONSTRUCTION)
@@ -94,6 +104,26 @@ def fit_centroid_method(
     return Trained(CentroidDistance(encoder, centroids), encoder, network, details, description)
 
 
+def with_density(cfg: TrainConfig, trained: Trained, train: np.ndarray, val: np.ndarray, rng) -> Trained:
+    """The method's networks scored by density in its encoder's space (alone, or fused with its own score)."""
+    fused = cfg.density.score == "fused"
+    scorer, details = density_scorer(
+        trained.scorer, trained.encoder, train, val, cfg.density.bank, cfg.density.neighbours, fused, rng
+    )
+    density = (
+        f"mean squared distance of the patch's code to its {cfg.density.neighbours} nearest "
+        f"of {details['bank']} normal training codes"
+    )
+    description = f"{trained.score_description} / its spread + {density} / its spread" if fused else density
+    return replace(
+        trained,
+        scorer=scorer,
+        details={**trained.details, "density": details},
+        score_description=description,
+        parity_tolerance=1e-4,
+    )
+
+
 def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     started = time.perf_counter()
     rng = reproducible(cfg.seed, cfg.threads)
@@ -119,6 +149,8 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     log.info("training on %d patches, validating on %d", len(train), len(val))
 
     trained = fit_method(cfg, spec.channels, train, val, rng, progress)
+    if cfg.density.score != "own":
+        trained = with_density(cfg, trained, train, val, rng)
     fit_seconds = time.perf_counter() - started
 
     training = {
@@ -161,6 +193,7 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         threads=torch.get_num_threads(),
         weights=export.weights,
         float16_tolerance=export.float16_tolerance,
+        parity_tolerance=trained.parity_tolerance,
     )
     if validation:
         model = PatchModel(out, device="cpu", threads=torch.get_num_threads())

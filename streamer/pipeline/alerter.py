@@ -3,10 +3,11 @@
 Per camera: results are put back in capture order (`Reorder`), smoothed with the
 core's `CausalSmoother`, and compared with the model's threshold by an
 `EventTracker`. Each event is committed to the durable log, then published on
-the PUB socket as [b"event", JSON] (`Outbox`); each frame's smoothed score is
-published as [b"score", JSON] (not logged: a live reading for the notifier's
-MQTT score topic). Optionally every frame's scores go to a JSON lines file
-(evaluation, benchmarks).
+the events socket as [b"event", JSON] (`Outbox`, `EventPublisher`); each frame's
+smoothed score is published as [b"score", JSON] (not logged: a live reading for
+the notifier's MQTT score topic). Optionally every frame's scores go to a JSON
+lines file (evaluation, benchmarks). A camera whose scores are all rejected is
+reported blind (`CameraWatch`).
 
 How far each camera's stream got is kept in a checkpoint (RUN_DIR/state), so a
 restarted alerter counts the frames a killed one had in flight as lost, and the
@@ -18,9 +19,9 @@ traces, clips; written in the background), and `retention` prunes old events.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -39,17 +40,17 @@ from .media import FINISH_SECONDS, STOP_SECONDS, EventMedia, without_media
 from .messages import Message, MessageError
 from .outbox import SCORE_TOPIC, Outbox
 from .preview import PreviewReader
+from .publisher import EventPublisher
 from .reorder import Reorder
 from .retention import Retention, RetentionThread
 from .runtime import Inbox, make_socket
 from .security import curve_for
+from .watch import CameraWatch
 
 log = logging.getLogger(__name__)
 
-PUB_HIGH_WATER_MARK = 1000  # events queued per slow subscriber before it misses some (the log has them all)
-PUB_MAX_MESSAGE_BYTES = 1024  # what a subscriber may send: subscriptions
+SPILL_FILE = "unlogged-events.jsonl"  # in the run dir: events the log could not take at exit (Outbox)
 SUBSCRIBER_GRACE_SECONDS = 0.5  # between binding the PUB socket and taking the first scores
-REBIND_SECONDS = 2.0  # for the events endpoint to come free after dropping every subscriber
 
 
 class CameraState:
@@ -57,7 +58,9 @@ class CameraState:
         self.reorder = Reorder(camera, cfg.alerter.max_pending, cfg.alerter.reorder_timeout, position)
         self.smoother = CausalSmoother(settings)
         self.tracker = tracker
+        self.watch = CameraWatch(camera)
         self.ended = False
+        self.stream: str | None = None  # of the last frame processed
         self.last_position: dict | None = None
 
 
@@ -95,11 +98,24 @@ class Alerter:
     def all_ended(self) -> bool:
         return all(state.ended for state in self.cameras.values())
 
-    def accept(self, message: Message) -> None:
+    def accept(self, message: Message, now: float | None = None) -> None:
         """Check a message and process whatever it makes ready, in order; MessageError if unusable."""
         state = self.cameras.get(message.camera)
         if state is None:
             raise MessageError("unknown_camera", f"camera {message.camera!r} is not configured")
+        now = time.monotonic() if now is None else now
+        try:
+            self._check(message)
+            ready = state.reorder.push(message, now)
+        except MessageError:
+            state.watch.rejected(now)
+            raise
+        state.watch.accepted()
+        for item in ready:
+            self._process(state, item)
+        self._save_progress()
+
+    def _check(self, message: Message) -> None:
         if message.kind == "scores":
             if message.header["model"] != self.sha256:
                 raise MessageError("model_mismatch", f"scored by model {message.header['model'][:12]}…")
@@ -112,17 +128,16 @@ class Alerter:
                 )
         elif message.kind != "end":
             raise MessageError("unexpected_kind", f"{message.kind} message on the score input")
-        for ready in state.reorder.push(message):
-            self._process(state, ready)
-        self._save_progress()
 
     def expire(self) -> None:
+        now = time.monotonic()
         for state in self.cameras.values():
-            for ready in state.reorder.expire():
+            for ready in state.reorder.expire(now):
                 self._process(state, ready)
+            state.watch.update(now)
         self._save_progress()
         self.outbox.flush()
-        telemetry.QUEUE_DEPTH.labels("alerter").set(sum(len(s.reorder) for s in self.cameras.values()))
+        telemetry.QUEUE_DEPTH.labels("alerter", "").set(sum(len(s.reorder) for s in self.cameras.values()))
 
     def _positions(self) -> dict:
         return {camera: state.reorder.position for camera, state in self.cameras.items() if state.reorder.position}
@@ -141,6 +156,11 @@ class Alerter:
             "clip": header.get("clip", ""),
             "capture_time": header["t_capture"],
         }
+        if header["stream"] != state.stream:  # another capture run: what was open ends with the old one
+            if state.stream is not None:
+                self._emit(state.tracker.close(state.last_position or position, "new_recording"))
+                state.smoother.reset()
+            state.stream = header["stream"]
         if message.kind == "end":
             reason = "end_of_stream" if header["reason"] == "end_of_stream" else "shutdown"
             self._emit(state.tracker.close(state.last_position or position, reason))
@@ -197,22 +217,6 @@ class Alerter:
                 self._emit(state.tracker.close(state.last_position, "shutdown"))
 
 
-def drop_subscribers(publisher: zmq.Socket, endpoint: str) -> None:
-    """Close every subscriber connection: each handshakes again, and a revoked key is refused."""
-    log.warning("alerter: a subscriber key was revoked: dropping every subscriber connection once, to check each again")
-    publisher.unbind(publisher.getsockopt_string(zmq.LAST_ENDPOINT))
-    # ZeroMQ's I/O thread closes the listener after unbind returns: until it has, the address is still taken.
-    deadline = time.monotonic() + REBIND_SECONDS
-    while True:
-        try:
-            publisher.bind(endpoint)
-            return
-        except zmq.ZMQError as e:
-            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 def run(cfg: PipelineConfig, stop: threading.Event) -> int:
     with ExitStack() as stack, zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         event_log = EventLog(cfg.alerter.event_log)
@@ -222,12 +226,8 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         score_log = None
         if cfg.alerter.score_log:
             score_log = stack.enter_context(open(cfg.alerter.score_log, "a", buffering=1))
-        publisher = make_socket(
-            ctx, zmq.PUB, cfg.alerter.events_endpoint, bind=True, messaging=cfg.messaging, curve=curve
-        )
-        publisher.setsockopt(zmq.SNDHWM, PUB_HIGH_WATER_MARK)
-        publisher.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
-        publisher_links = Links(publisher, "alerter")
+        publisher = EventPublisher(ctx, cfg.alerter.events_endpoint, cfg.messaging, curve)
+        publisher_links = Links(publisher.socket, "alerter")
         media = None
         if cfg.alerter.media.enabled:
             media = EventMedia(
@@ -248,9 +248,10 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
         )
         outbox = Outbox(
             event_log,
-            lambda parts: publisher.send_multipart(parts),
+            publisher.publish,
             cfg.alerter.log_retry_seconds,
             cfg.alerter.max_held_events,
+            os.path.join(cfg.run_dir, SPILL_FILE),
         )
         alerter = Alerter(cfg, outbox, progress, score_log, media)
         outbox.flush()  # ends the events a killed predecessor left open
@@ -260,11 +261,12 @@ def run(cfg: PipelineConfig, stop: threading.Event) -> int:
             cfg.alerter.events_endpoint,
             cfg.alerter.event_log,
         )
-        stage_time = telemetry.STAGE_SECONDS.labels("alerter")
+        stage_time = telemetry.STAGE_SECONDS.labels("alerter", "")
         while inbox.open():
             if curve is not None and curve.subscriber_revoked():
-                drop_subscribers(publisher, cfg.alerter.events_endpoint)
+                publisher.drop_subscribers()
             publisher_links.poll()
+            publisher.serve()
             message = inbox.receive()
             if message is not None:
                 started = time.perf_counter()

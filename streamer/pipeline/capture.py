@@ -237,6 +237,7 @@ class LatestFrames:
         self._size = size
         self._ready = threading.Condition()
         self._dropped = telemetry.FRAMES_DROPPED.labels(camera, "backpressure")
+        self._depth = telemetry.QUEUE_DEPTH.labels("capture", camera)
         self.finished = False
 
     def put(self, item: Captured) -> None:
@@ -248,7 +249,7 @@ class LatestFrames:
                     self._items[0] = (frame, clip, True)
                 self._dropped.inc()
             self._items.append(item)
-            telemetry.QUEUE_DEPTH.labels("capture").set(len(self._items))
+            self._depth.set(len(self._items))
             self._ready.notify()
 
     def finish(self) -> None:
@@ -263,7 +264,7 @@ class LatestFrames:
             if not self._items:
                 return None
             item = self._items.popleft()
-            telemetry.QUEUE_DEPTH.labels("capture").set(len(self._items))
+            self._depth.set(len(self._items))
             return item
 
     def __len__(self) -> int:

@@ -409,6 +409,16 @@ class StageRef:
             return f"{self.name}[{self.camera}]"
         return f"{self.name}[{self.index}]" if self.name == "scorer" else self.name
 
+    @property
+    def metric_labels(self) -> tuple[str, str, str]:
+        """stage, camera, index: the supervisor's labels for this process (empty where they do not apply)."""
+        return self.name, self.camera or "", str(self.index) if self.name == "scorer" else ""
+
+    @classmethod
+    def from_metric_labels(cls, labels: dict) -> StageRef:
+        index = labels.get("index")
+        return cls(labels["stage"], labels.get("camera") or None, int(index) if index else 0)
+
 
 def stage_refs(cfg: PipelineConfig) -> list[StageRef]:
     """Every stage process of a config, in start order; metrics ports follow this order."""

@@ -164,6 +164,17 @@ class EventLog:
         except sqlite3.Error as e:
             raise EventLogError(f"cannot read {self.path}: {e}") from None
 
+    def contains(self, event: dict) -> bool:
+        """Whether this very record is in the log already."""
+        try:
+            row = self._connection().execute(
+                "SELECT 1 FROM events WHERE event_id = ? AND body = ?",
+                (event["event_id"], json.dumps(event, separators=(",", ":"))),
+            )
+            return row.fetchone() is not None
+        except sqlite3.Error as e:
+            raise EventLogError(f"cannot read {self.path}: {e}") from None
+
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
@@ -243,6 +254,29 @@ class EventLogReader:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def spill(path: str | os.PathLike, events) -> None:
+    """Append events to a JSON lines file, synced: where they go when the log cannot take them at exit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        out.writelines(json.dumps(event, separators=(",", ":")) + "\n" for event in events)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def read_spill(path: str | os.PathLike) -> list[dict]:
+    """The events of a spill file, oldest first; a torn line (a crash while spilling) is skipped."""
+    events = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and {"event_id", "camera", "type", "time"} <= event.keys():
+            events.append(event)
+    return events
 
 
 def closed_by_restart(last: dict) -> dict:

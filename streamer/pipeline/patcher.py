@@ -33,7 +33,7 @@ def run(cfg: PipelineConfig, camera_id: str, stop: threading.Event) -> int:
     gate = card.gate if cfg.gate else None
     cv2.setNumThreads(cfg.patcher.threads)
     extractor = PatchExtractor(card.patch)
-    stage_time = telemetry.STAGE_SECONDS.labels("patcher")
+    stage_time = telemetry.STAGE_SECONDS.labels("patcher", camera.id)
     gated = telemetry.PATCHES_GATED.labels(camera.id)
     gate_text = f"motion >= {gate['motion_threshold']:g}" if gate else "off"
     log.info("%s: %s patches at %s, gate %s", camera.id, card.patch.motion, card.patch.frame_size, gate_text)

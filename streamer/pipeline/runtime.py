@@ -82,20 +82,32 @@ def _watch_parent(pid: int, stop: threading.Event) -> None:
 
 
 def make_socket(
-    ctx: zmq.Context, kind: int, endpoint: str, bind: bool, messaging: MessagingConfig, curve: Curve | None = None
+    ctx: zmq.Context,
+    kind: int,
+    endpoint: str,
+    bind: bool,
+    messaging: MessagingConfig,
+    curve: Curve | None = None,
+    options: dict[int, int] | None = None,
+    events: bool = False,
 ) -> zmq.Socket:
     """A socket with small high-water marks (backpressure), bounded linger and interruptible sends.
+
+    Every option, `options` (overriding the defaults) included, is set before the bind or
+    connect: libzmq copies a socket's options into each listener and connection when it
+    is made, and a later setsockopt never reaches them.
 
     MAXMSGSIZE: libzmq drops the connection of a peer that sends a part larger than the
     message limit, before allocating it (the sender's numbered frame is then counted lost
     downstream); `decode` checks the total of all parts. With `curve` (security.curve)
     a binding socket is a CURVE server, a connecting one a client; set before the
-    first bind or connect, the keys hold for every endpoint the socket is given.
+    first bind or connect, the keys hold for every endpoint the socket is given;
+    `events`: the alerter's events socket, which also admits the subscriber keys.
     """
     socket = ctx.socket(kind)
     if curve is not None:
         if bind:
-            curve.server(socket, events=kind == zmq.PUB)
+            curve.server(socket, events=events)
         else:
             curve.client(socket)
     socket.setsockopt(zmq.MAXMSGSIZE, messaging.max_message_bytes)
@@ -103,6 +115,8 @@ def make_socket(
     socket.setsockopt(zmq.RCVHWM, messaging.high_water_mark)
     socket.setsockopt(zmq.LINGER, int(messaging.linger_seconds * 1000))
     socket.setsockopt(zmq.SNDTIMEO, SEND_RETRY_MS)
+    for option, value in (options or {}).items():
+        socket.setsockopt(option, value)
     if bind:
         if endpoint.startswith("ipc://"):
             os.makedirs(os.path.dirname(endpoint[len("ipc://") :]) or ".", exist_ok=True)

@@ -66,7 +66,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
         }
     )
     log.info("scorer %d: %s on %s, %d threads", index, model.path.name, model.provider, cfg.scorer.threads)
-    batch_time = telemetry.STAGE_SECONDS.labels("scorer")
+    batch_time = telemetry.STAGE_SECONDS.labels("scorer", "")
     with zmq.Context() as ctx, curve_for(ctx, cfg.security.curve) as curve:
         socket = make_socket(
             ctx, zmq.PULL, cfg.cameras[0].patches_endpoint, bind=False, messaging=cfg.messaging, curve=curve
@@ -119,7 +119,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
             batch = [m for m in (inbox.handle(admit, m) for m in waiting) if m is not None]
             if not batch:
                 continue
-            telemetry.QUEUE_DEPTH.labels("scorer").set(len(batch))
+            telemetry.QUEUE_DEPTH.labels("scorer", "").set(len(batch))
             started = time.perf_counter()
             results = inbox.handle(score, batch) or []  # a failed batch counts once; the alerter counts its frames lost
             batch_time.observe(time.perf_counter() - started)

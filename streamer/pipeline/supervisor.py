@@ -57,7 +57,8 @@ class Child:
         self.started = 0.0  # time.monotonic() of the last start
         self.failures = 0  # exits in a row, each before the stage ran stable_seconds
         self.restart_at: float | None = None  # when a restart is due
-        self.up = telemetry.STAGE_UP.labels(ref.label)
+        self.up = telemetry.STAGE_UP.labels(*ref.metric_labels)
+        self.restarts = telemetry.STAGE_RESTARTS.labels(*ref.metric_labels)  # at 0 from the start
 
 
 class Supervisor:
@@ -97,7 +98,7 @@ class Supervisor:
         child.started, child.restart_at = time.monotonic(), None
         child.up.set(1)
         if restart:
-            telemetry.STAGE_RESTARTS.labels(child.ref.label).inc()
+            child.restarts.inc()
         log.info("%s %s (pid %d)", "restarted" if restart else "started", child.ref.label, child.process.pid)
 
     def poll(self) -> int | None:

@@ -3,10 +3,17 @@
 Each stage process serves its own /metrics (port from the config), and so does
 the supervisor (`vad run`). Labels stay low-cardinality: camera ids come from the
 config (messages naming other cameras are rejected before they reach a metric),
-stages and reasons are fixed words, and the supervisor's `stage` label names one
-of the config's stage processes (e.g. "capture[entrance]", "scorer[0]").
+reasons are fixed words, and `stage` is always one of capture, patcher, scorer,
+alerter; the process it is (e.g. the patch stage of camera entrance, scorer 1)
+is in the `camera` and `index` labels of the supervisor's metrics, and in the
+`process` label Prometheus gives each target.
 The default registry also carries the process collector, so every endpoint
 reports `process_resident_memory_bytes` and CPU time.
+
+Every label set a stage can report is created at 0 when it starts
+(`initialise`), so increase() and rate() see the first step of each counter. The
+`_created` series of counters and histograms are not exported (nothing reads
+them, and they double the series).
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import logging
 import ssl
 import urllib.request
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
 
 log = logging.getLogger(__name__)
+
+disable_created_metrics()  # at import: every stage process, and the supervisor, imports this module before serving
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,7 +48,10 @@ FRAMES_BUSIER_THAN_TRAINING = Counter(
     ["camera"],
 )
 STAGE_SECONDS = Histogram(
-    "vad_stage_seconds", "Processing time per message (per batch at the scorer)", ["stage"], buckets=_STAGE_BUCKETS
+    "vad_stage_seconds",
+    "Processing time per message (per batch at the scorer)",
+    ["stage", "camera"],
+    buckets=_STAGE_BUCKETS,
 )
 CAPTURE_TO_SCORE = Histogram(
     "vad_capture_to_score_seconds", "Capture time to frame score", ["camera"], buckets=_LATENCY_BUCKETS
@@ -54,14 +66,22 @@ QUEUE_DEPTH = Gauge(
     "vad_queue_depth",
     "Items waiting inside a stage: live frame buffer (capture), frames per model call (scorer), "
     "frames held for reordering (alerter)",
-    ["stage"],
+    ["stage", "camera"],
 )
 EVENTS = Counter("vad_events", "Alert events published", ["camera", "type"])
 CAMERA_UP = Gauge("vad_camera_up", "1 while the source delivers frames, 0 while it is lost", ["camera"])
 CAMERA_RECONNECTS = Counter("vad_camera_reconnects", "Attempts to reopen a lost or unopenable source", ["camera"])
 FRAME_SCORE = Gauge("vad_frame_score", "Last smoothed frame score", ["camera"])
 MESSAGES_REJECTED = Counter(
-    "vad_messages_rejected", "Messages dropped as unusable (malformed, oversized, ...)", ["stage", "reason"]
+    "vad_messages_rejected",
+    "Messages a stage received and dropped as unusable, by reason (a part over messaging.max_message_bytes never "
+    "reaches the stage: libzmq drops the sender's connection, which no metric can tell from a peer leaving)",
+    ["stage", "reason"],
+)
+CAMERA_BLIND = Gauge(
+    "vad_camera_blind",
+    "1 while this camera's frame scores keep reaching the alerter and every one is rejected: no event can fire on it",
+    ["camera"],
 )
 MODEL_INFO = Info("vad_model", "The model this scorer runs")
 MEDIA_WRITTEN = Counter("vad_media_written", "Event snapshots and clips written", ["kind"])
@@ -88,9 +108,13 @@ LINKS_REFUSED = Gauge(
 )
 
 # The supervisor's.
-STAGE_UP = Gauge("vad_stage_up", "1 while the stage process runs, 0 while it waits to be restarted", ["stage"])
+# `camera`: the camera a capture or patch process serves; `index`: a scorer's number; empty where not used.
+STAGE_LABELS = ["stage", "camera", "index"]
+STAGE_UP = Gauge("vad_stage_up", "1 while the stage process runs, 0 while it waits to be restarted", STAGE_LABELS)
 STAGE_RESTARTS = Counter(
-    "vad_stage_restarts", "Times the supervisor started a stage process again after it exited unexpectedly", ["stage"]
+    "vad_stage_restarts",
+    "Times the supervisor started a stage process again after it exited unexpectedly",
+    STAGE_LABELS,
 )
 
 # The alerter's. Registered by the alerter only (`register_alerter_metrics`): a gauge at 0 in
@@ -142,6 +166,55 @@ def register_alerter_metrics() -> None:
             REGISTRY.register(metric)
         except ValueError:  # already registered (an alerter run before in this process: tests)
             pass
+
+
+# Why a stage drops a message (vad_messages_rejected_total{reason}); the alerter has more reasons than the others.
+REJECTION_REASONS = ("malformed", "oversized", "unknown_camera", "unexpected_kind", "error")
+ALERTER_REJECTION_REASONS = REJECTION_REASONS + (
+    "model_mismatch",  # scored by another model than the alerter's
+    "late",  # after its turn, twice, or from a capture run that ended
+    "foreign_stream",  # a stream id other than the camera's while the camera's stream delivers
+    "seq_out_of_range",  # far beyond the reorder window of the camera's stream
+    "subscription",  # an events subscriber cut for sending more than a budget of what can match no event
+)
+EVENT_TYPES = ("start", "update", "end")
+
+
+# The per-camera series each stage reports: (metric, labels after the camera).
+_PER_CAMERA = {
+    "capture": [(FRAMES_CAPTURED,), (CAMERA_RECONNECTS,)]
+    + [(FRAMES_DROPPED, reason) for reason in ("backpressure", "unreadable", "oversized")],
+    "patcher": [(PATCHES_GATED,)],
+    "scorer": [(FRAMES_SCORED,), (PATCHES_SCORED,), (FRAMES_BUSIER_THAN_TRAINING,), (CAPTURE_TO_SCORE,)],
+    "alerter": [(FRAMES_DROPPED, "lost"), (CAPTURE_TO_ALERT,), (CAMERA_BLIND,)]
+    + [(EVENTS, kind) for kind in EVENT_TYPES],
+}
+# And the others: (metric, labels). Links and the notifier create theirs when they start.
+_PER_STAGE = {
+    "alerter": [(MEDIA_WRITTEN, kind) for kind in ("snapshot", "clip")]
+    + [(MEDIA_DROPPED, reason) for reason in ("backlog", "no_preview", "bad_preview", "error")]
+    + [(RETENTION_PRUNED, why) for why in ("age", "disk")],
+}
+
+
+def initialise(stage: str, cameras: list[str]) -> None:
+    """Create every label set a stage process can report, at 0, before it reports anything.
+
+    A labelled counter that appears only at its first increment hides that step
+    from increase() and rate(): three restarts read as two.
+    """
+    camera_label = cameras[0] if stage in ("capture", "patcher") else ""
+    if stage in ("patcher", "scorer", "alerter"):
+        STAGE_SECONDS.labels(stage, camera_label)
+        for reason in ALERTER_REJECTION_REASONS if stage == "alerter" else REJECTION_REASONS:
+            MESSAGES_REJECTED.labels(stage, reason)
+    if stage in ("capture", "scorer", "alerter"):
+        QUEUE_DEPTH.labels(stage, camera_label)
+    for metric, *labels in _PER_STAGE.get(stage, []):
+        metric.labels(*labels)
+    for camera in cameras:
+        for metric, *labels in _PER_CAMERA.get(stage, []):
+            metric.labels(camera, *labels)
 
 
 def fetch(metrics, port: int, timeout: float) -> str:

@@ -1,12 +1,12 @@
 """How often is new normal video busier than every training frame? (README, "Scenes busier than training")
 
-    python benchmarks/busier_than_training.py --model streamer/models/nre_ped2.onnx
+    python benchmarks/research/busier_than_training.py --model streamer/models/nre_ped2.onnx
 
 The scorer counts a frame as busier than training (`vad_frames_busier_than_training_total`)
 when more of its patches pass the motion gate than in any training frame (the
 card's `training_moving_max`). This reads the Ped2 training clips with the
 card's patch settings and gate, splits them into folds as
-benchmarks/crossval_proxy.py does (every `--folds`-th clip), and for each fold
+benchmarks/research/crossval_proxy.py does (every `--folds`-th clip), and for each fold
 counts its frames with more gate-passing patches than the busiest frame of the
 other clips: how often the counter runs on normal video of the same scene that
 the model has not seen. `vad eval ped2` reports the same count for the test set.

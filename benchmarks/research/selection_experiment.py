@@ -1,6 +1,6 @@
 """Does `vad select` build a better small training set than chance? (README, "Representative frame selection")
 
-    python benchmarks/selection_experiment.py --model streamer/models/ae_ped2.onnx --k 200 --seeds 0 1 2
+    python benchmarks/research/selection_experiment.py --model streamer/models/ae_ped2.onnx --k 200 --seeds 0 1 2
 
 For each seed, two arms choose k frames of the fitting clips (the training clips
 less the config's validation clips):

@@ -1,6 +1,6 @@
 """The training-data speed proxy at several speed-ups, for one or more models; prints a table.
 
-    python benchmarks/speed_proxy.py streamer/models/*_ped2.onnx
+    python benchmarks/research/speed_proxy.py streamer/models/*_ped2.onnx
 
 The held-out training clips (Train015 and Train016 by default) are scored as they
 are and with one moving person sped up (training/validation.py), `--draws` times

@@ -1,6 +1,6 @@
 """Cross-validated speed proxy: every training clip held out once, calibrated without it; prints a table.
 
-    python benchmarks/crossval_proxy.py configs/ae_ped2.yaml --out runs/cv_ae
+    python benchmarks/research/crossval_proxy.py configs/ae_ped2.yaml --out runs/cv_ae
 
 `vad train` reports the speed proxy (training/validation.py) on two held-out
 clips, scored with a card whose calibration saw every training clip, the
