@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
     p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
     p.add_argument(
-        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled NRE model)"
+        "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled DEC model)"
     )
     p.add_argument("--out", help="folder for report.json and roc.png")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])

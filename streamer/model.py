@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 CARD_FORMAT = 1
 # The default model shipped inside the package (see README "Results").
-BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "nre_ped2.onnx"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "dec_ped2.onnx"
 
 
 class ModelError(RuntimeError):

@@ -59,10 +59,11 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, spec: PatchSpe
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def store_weights_as_float16(path: str | os.PathLike) -> int:
+def store_weights_as_float16(path: str | os.PathLike, prefix: str = "") -> int:
     """Rewrite an ONNX graph so that its large float32 weights are stored as float16, each cast back to float32
     inside the graph; returns how many. The file shrinks by about half; onnxruntime folds the casts when it
-    loads the graph, so scoring still runs in float32, on weights rounded to float16."""
+    loads the graph, so scoring still runs in float32, on weights rounded to float16. Only weights whose name
+    starts with `prefix` are stored so."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -75,6 +76,7 @@ def store_weights_as_float16(path: str | os.PathLike) -> int:
             tensor.data_type != TensorProto.FLOAT
             or np.prod(tensor.dims) < FLOAT16_MIN_ELEMENTS
             or tensor.name in inputs
+            or not tensor.name.startswith(prefix)
         ):
             continue
         weights = numpy_helper.to_array(tensor)

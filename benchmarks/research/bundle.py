@@ -42,9 +42,9 @@ def training_patches(card: ModelCard, data: Path, frames: int) -> np.ndarray:
     return np.concatenate(patches)
 
 
-def halve(path: Path, card: ModelCard, patches: np.ndarray, tolerance: float) -> dict:
+def halve(path: Path, card: ModelCard, patches: np.ndarray, tolerance: float, prefix: str) -> dict:
     full = session_scores(create_session(path, device="cpu")[0], patches)
-    tensors = store_weights_as_float16(path)
+    tensors = store_weights_as_float16(path, prefix)
     diff = float(np.max(np.abs(session_scores(create_session(path, device="cpu")[0], patches) - full)))
     scale = float(card.calibration.scale.min())  # "position" calibration: the tightest position
     if not diff <= tolerance * scale:
@@ -57,6 +57,7 @@ def halve(path: Path, card: ModelCard, patches: np.ndarray, tolerance: float) ->
         "max_calibrated_diff": diff / scale,
         "tolerance": tolerance,
         "min_elements": FLOAT16_MIN_ELEMENTS,
+        "prefix": prefix,
     }
 
 
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="the candidate's .onnx (its .json card beside it)")
     parser.add_argument("name", help="bundled name: streamer/models/NAME.onnx")
     parser.add_argument("--float16", action="store_true", help="store large weights as float16")
+    parser.add_argument(
+        "--float16-prefix",
+        default="",
+        help="float16: only weights whose name starts with this (e.g. encoder.: the network, not a density bank, "
+        "whose nearby codes' distances are differences of large squared norms)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01, help="float16: largest score change, in scale units")
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/UCSDped2"), help="UCSDped2 folder")
     parser.add_argument("--frames", type=int, default=20, help="float16 check: frames per training clip")
@@ -76,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(args.model, target)
     patches = training_patches(card, args.data, args.frames) if args.float16 else None
     if args.float16:
-        card_data["parity"]["float16"] = halve(target, card, patches, args.tolerance)
+        card_data["parity"]["float16"] = halve(target, card, patches, args.tolerance, args.float16_prefix)
     card_data["onnx_sha256"] = sha256_of(target)
     if card_data.get("encoder"):
         encoder = target.with_suffix(".encoder.onnx")
         shutil.copyfile(args.model.parent / card_data["encoder"]["file"], encoder)
         if args.float16:
-            store_weights_as_float16(encoder)
+            store_weights_as_float16(encoder)  # patches -> codes: no bank in it
         card_data["encoder"] = {**card_data["encoder"], "file": encoder.name, "sha256": sha256_of(encoder)}
     card_data["bundled_from"] = str(args.model)
     card_path_for(target).write_text(json.dumps(card_data, indent=1) + "\n")
