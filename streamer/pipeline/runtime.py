@@ -36,12 +36,16 @@ SUPERVISOR_PID_ENV = "VAD_SUPERVISOR_PID"
 
 # glibc mallopt parameters, and the values a stage process sets (see tune_allocator).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's own ceiling for its adaptive threshold on 64-bit systems
-TRIM_THRESHOLD_BYTES = 64 << 20  # twice that, as glibc sets it when it adapts
+# Above a 1080p RGB frame (6.2 MB), so a frame's buffers stay in the heap; larger blocks (a peer's message
+# near the 16 MiB limit) are still mapped by themselves and unmapped when freed. The heap keeps at most
+# twice that of free top (as glibc sets it when it adapts): a burst of hostile messages must not leave the
+# stage holding 64 MiB it no longer uses (tests/test_hostile_peers.py).
+MMAP_THRESHOLD_BYTES = 8 << 20
+TRIM_THRESHOLD_BYTES = 16 << 20
 
 
 def tune_allocator() -> bool:
-    """Let glibc reuse freed buffers of up to 32 MiB rather than unmap them; False where there is no glibc.
+    """Let glibc reuse freed buffers of up to 8 MiB rather than unmap them; False where there is no glibc.
 
     Every frame allocates and frees buffers of a few hundred KB (OpenCV's optical flow alone several), above
     glibc's initial 128 KiB mmap threshold: each is then mapped and unmapped again, and its pages fault in
