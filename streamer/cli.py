@@ -27,32 +27,24 @@ def setup_logging(level: str) -> None:
     )
 
 
-def cmd_eval_ped2(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_ped2
+def scoring_overrides(args: argparse.Namespace):
+    """The card's scoring settings with --smoothing, --window, --aggregation applied; None when none is given."""
     from .scoring import ScoringSettings
 
-    settings = None
     overrides = {
         k: v
         for k, v in {"smoothing": args.smoothing, "window": args.window, "aggregation": args.aggregation}.items()
         if v is not None
     }
-    if overrides:
-        from .model import ModelCard, card_path_for
+    if not overrides:
+        return None
+    from .model import ModelCard, card_path_for
 
-        base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
-        settings = ScoringSettings.from_dict({**base, **overrides})
-    report = evaluate_ped2(
-        args.model,
-        args.data,
-        args.out,
-        args.device,
-        args.threads,
-        settings,
-        progress=not args.quiet,
-        pipeline=args.pipeline,
-        scorers=args.scorers,
-    )
+    base = ModelCard.load(card_path_for(args.model)).scoring.to_dict()
+    return ScoringSettings.from_dict({**base, **overrides})
+
+
+def print_report(report: dict, out: str | None) -> None:
     print(f"model      {report['model']} ({report['method']}, {report['provider']})")
     print(f"scored by  {report['scored_by']}")
     print(
@@ -72,10 +64,14 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
         f"false alarms on {point['false_alarm_rate']:.2%} of normal frames"
     )
     print("recall by clip:  " + ", ".join(f"{clip} {recall:.0%}" for clip, recall in point["recall_by_clip"].items()))
-    if args.out:
-        print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roc.png'}")
+    if out:
+        print(f"wrote {Path(out) / 'report.json'} and {Path(out) / 'roc.png'}")
+
+
+def refuse_skipped(report: dict, allow_skipped: bool) -> int:
+    """Exit status 1, saying why, when frames could not be read (unless allowed); else 0."""
     skipped = report["frames_skipped"]
-    if skipped and not args.allow_skipped:
+    if skipped and not allow_skipped:
         total = skipped + report["frames_scored"]
         print(
             f"vad: error: {skipped} of {total} test frames were not scored (unreadable, see the warnings above): "
@@ -86,20 +82,59 @@ def cmd_eval_ped2(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_ped2(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_ped2
+
+    report = evaluate_ped2(
+        args.model,
+        args.data,
+        args.out,
+        args.device,
+        args.threads,
+        scoring_overrides(args),
+        progress=not args.quiet,
+        pipeline=args.pipeline,
+        scorers=args.scorers,
+    )
+    print_report(report, args.out)
+    return refuse_skipped(report, args.allow_skipped)
+
+
+def cmd_eval_clips(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_clips
+
+    report = evaluate_clips(
+        args.model,
+        args.source,
+        args.labels,
+        args.out,
+        args.device,
+        args.threads,
+        scoring_overrides(args),
+        progress=not args.quiet,
+    )
+    print_report(report, args.out)
+    return refuse_skipped(report, args.allow_skipped)
+
+
+def training_extra(command: str):
+    """SystemExit saying how to install the [train] extra, for commands that need it."""
+    return SystemExit(f"vad {command} needs the [train] extra (torch, onnx, scikit-learn): pip install -e '.[train]'")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         from training.checks import checked_config as checked_training_config
         from training.train import train_model
     except ImportError as e:
-        raise SystemExit(
-            f"training needs the [train] extra (torch, onnx, scikit-learn): pip install -e '.[train]' ({e})"
-        )
+        raise training_extra(f"train ({e})") from None
     overrides = {"method": args.method}
-    if args.data:
-        overrides["data"] = {"root": args.data}
+    data = {k: v for k, v in {"root": args.data, "sources": args.source, "duration": args.duration}.items() if v}
+    if data:
+        overrides["data"] = data
     if args.out:
         overrides["out"] = args.out
-    cfg = checked_training_config(args.config, overrides)
+    cfg, _ = checked_training_config(args.config, overrides)
     card = train_model(cfg, progress=not args.quiet)
     summary = {
         "out": str(Path(cfg.out).with_suffix(".onnx")),
@@ -112,13 +147,69 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from training.calibration import recalibrate
+
+    problems = []
+    if args.threshold_quantile is not None and not 0 < args.threshold_quantile < 1:
+        problems.append(f"--threshold-quantile must be in (0, 1), got {args.threshold_quantile}")
+    if args.duration is not None and args.duration <= 0:
+        problems.append(f"--duration must be > 0 seconds, got {args.duration}")
+    if problems:
+        raise ConfigError(problems, "vad calibrate")
+    card = recalibrate(
+        args.model,
+        args.source,
+        args.out,
+        duration=args.duration,
+        threshold_quantile=args.threshold_quantile,
+        max_frames=args.max_frames,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    record = card.calibrated_on
+    print(f"calibrated {Path(args.out).with_suffix('.onnx')} on {record['frames']} frames of normal footage")
+    print(
+        f"threshold  {record['from_threshold']:.3f} -> {card.scoring.threshold:.3f}: "
+        f"{record['passing_from_threshold']:.2%} -> {record['passing_threshold']:.2%} of this footage's frames above it"
+    )
+    return 0
+
+
+def cmd_scene(args: argparse.Namespace) -> int:
+    from training.scene import SceneSpec, generate
+
+    height, width = args.size
+    description = generate(
+        args.out,
+        seed=args.seed,
+        train_minutes=args.train_minutes,
+        spec=SceneSpec(height=height, width=width),
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    print(f"wrote {out / 'train'}, {out / 'calibrate'}, {out / 'test'} and {out / 'labels.csv'}")
+    for kind, runs in description["anomalous_frames"].items():
+        print(f"  test/{kind}.mp4: anomalous frames {', '.join(f'{first}-{last}' for first, last in runs)}")
+    return 0
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 180x240, got {text!r}") from None
+    if height < 60 or width < 60:
+        raise argparse.ArgumentTypeError(f"the scene needs at least 60x60 pixels, got {text}")
+    return height, width
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     try:
         from training.select import SelectionError, select
     except ImportError as e:
-        raise SystemExit(
-            f"vad select needs the [train] extra (scikit-learn for k-means): pip install -e '.[train]' ({e})"
-        )
+        raise training_extra(f"select ({e})") from None
     try:
         manifest = select(
             args.source,
@@ -223,15 +314,19 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def check_training_config(path: str) -> int:
     try:
-        from training import data as training_data
         from training.checks import checked_config as checked_training_config
     except ImportError as e:
         raise SystemExit(f"{path} is a training config (it has `method:`); checking it needs the [train] extra ({e})")
-    cfg = checked_training_config(path)
-    folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
+    cfg, footage = checked_training_config(path)
+    data = cfg.data
+    if data.validation_clips:
+        held = f"{len(data.validation_clips)} held out for validation"
+    else:
+        held = f"{data.validation_share:.0%} of the footage held out for validation"
+    live = f" and {len(footage.live)} live source(s) to record for {data.duration:g} s" if footage.live else ""
     print(
-        f"{path}: valid training config: {cfg.method}, {len(folders)} training clips "
-        f"({len(cfg.data.validation_clips)} held out for validation); writes {cfg.out}.onnx and {cfg.out}.json"
+        f"{path}: valid training config: {cfg.method}, {len(footage.clips)} training clips{live} ({held}); "
+        f"writes {cfg.out}.onnx and {cfg.out}.json"
     )
     return 0
 
@@ -435,14 +530,8 @@ def at_least(low: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
-    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
-    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `vad eval ped2` and `vad eval clips` share: the model, the report, the scoring overrides."""
     p.add_argument(
         "--model", default=str(BUNDLED_MODEL), help="model .onnx with its .json card (default: the bundled DEC model)"
     )
@@ -453,6 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=at_least(1), help="override the smoothing window (frames)")
     p.add_argument("--aggregation", choices=["max", "topk"], help="override patch-to-frame aggregation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vad", description="Streaming video anomaly detection")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark").add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("ped2", help="frame-level EER and AUC on the UCSD Ped2 test clips")
+    p.add_argument("--data", help="UCSDped2 folder (default: $VAD_PED2, then ../shared/datasets/UCSDped2)")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--pipeline", action="store_true", help="score through the multi-process streaming pipeline (same scores)"
     )
@@ -464,13 +564,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval_ped2)
 
+    p = ev.add_parser("clips", help="frame-level EER and AUC on any footage labelled frame by frame (a CSV)")
+    p.add_argument(
+        "--source", nargs="+", action="extend", required=True, help="video files, frame folders, or folders of them"
+    )
+    p.add_argument("--labels", required=True, help="CSV with the header clip,frame,label: 0 normal, 1 anomalous")
+    add_evaluation_arguments(p)
+    p.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 even if frames could not be read (they are left out of the figures)",
+    )
+    p.set_defaults(func=cmd_eval_clips)
+
     p = sub.add_parser("train", help="train a one-class model on normal video and export it to ONNX")
     p.add_argument("method", choices=TRAIN_METHODS)
     p.add_argument("--config", required=True, help="YAML training config (see configs/)")
-    p.add_argument("--data", help="override data.root: the UCSDped2 folder")
+    p.add_argument(
+        "--source",
+        nargs="+",
+        action="extend",
+        help="override data.sources: normal footage, i.e. video files, frame folders, folders of them, the Ped2 "
+        "layout, or live URLs (recorded for --duration)",
+    )
+    p.add_argument("--duration", type=float, help="seconds to record from each live source before training")
+    p.add_argument("--data", help="override data.root: the UCSDped2 folder (used when there are no sources)")
     p.add_argument("--out", help="override out: output path without suffix")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "calibrate", help="refit a model's calibration, gate and threshold on normal footage of a new scene or camera"
+    )
+    p.add_argument("--model", required=True, help="model .onnx with its .json card")
+    p.add_argument(
+        "--source", nargs="+", action="extend", required=True, help="normal footage, as for `vad train --source`"
+    )
+    p.add_argument("--out", required=True, help="the new model: OUT.onnx (a copy of the network) and its card")
+    p.add_argument("--duration", type=float, help="seconds to record from each live source first")
+    p.add_argument(
+        "--threshold-quantile", type=float, help="share of normal frames below the threshold (default: the card's)"
+    )
+    p.add_argument(
+        "--max-frames", type=at_least(1000), default=20_000, help="most frames kept for the fit (longer: sampled)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("select", help="choose k representative frames of recordings (k-means on encoder latents)")
     p.add_argument("--model", help="model .onnx exported by `vad train`; its card names the encoder graph used")
@@ -489,6 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=at_least(0), default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("scene", help="generate a walkway scene: normal footage, test clips with labelled anomalies")
+    p.add_argument("--out", required=True, help="folder for train/, calibrate/, test/, labels.csv and scene.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-minutes", type=float, default=2.0, help="length of the normal training footage")
+    p.add_argument("--size", type=frame_size, default=(180, 240), help="frame size HEIGHTxWIDTH (default 180x240)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_scene)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled sample clip: events as they fire, a summary")
     p.add_argument("--model", help="model .onnx with its .json card (default: the bundled model)")

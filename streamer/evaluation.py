@@ -1,14 +1,21 @@
-"""`vad eval ped2`: frame-level EER and AUC on the UCSD Ped2 test clips.
+"""`vad eval ped2` and `vad eval clips`: frame-level EER and AUC on labelled footage.
 
 Headline protocol, causal and pooled: each frame's score is the smoothed score
 the live daemon would have had at that frame (training-data calibration, past
-frames only), and all 2010 test frames share one ROC. For comparison with the
+frames only), and all frames share one ROC. For comparison with the
 literature the per-video min-max normalised variant is reported too; it looks
 at whole clips, so it is labelled non-causal.
+
+`vad eval ped2` reads the UCSD Ped2 test clips and their ground truth;
+`vad eval clips` any footage (streamer/footage.py) with a labels CSV: a header
+`clip,frame,label`, then one row per frame, the clip's name (a video's file
+stem or a frame folder's name), the frame's 1-based number in it, and 1 for
+anomalous or 0 for normal. Every frame of every clip scored needs a label.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -21,6 +28,7 @@ from tqdm import tqdm
 
 from . import ped2
 from .detector import Detector
+from .footage import open_footage
 from .metrics import auc, eer, minmax_per_video, roc_curve
 from .model import PatchModel
 from .scoring import ScoringSettings
@@ -33,28 +41,70 @@ def score_ped2(
     model: PatchModel, root: str | os.PathLike | None, settings: ScoringSettings | None = None, progress: bool = True
 ) -> tuple[list[dict], int]:
     """Per-frame records of every test clip, and the number of unreadable frames skipped."""
-    clips = ped2.test_clips(root)
+    clips = [(c.name, FolderSource(c.path), c.labels) for c in ped2.test_clips(root)]
+    return score_clips(model, clips, settings, progress)
+
+
+def score_clips(
+    model: PatchModel, clips: list[tuple], settings: ScoringSettings | None = None, progress: bool = True
+) -> tuple[list[dict], int]:
+    """Per-frame records of (name, frame source, labels by 0-based frame) clips, and the unreadable frames skipped."""
     detector = Detector(model, settings)
     records, skipped = [], 0
-    with tqdm(total=sum(c.frame_count for c in clips), unit="frame", disable=not progress) as bar:
-        for clip in clips:
+    with tqdm(total=sum(len(labels) for *_, labels in clips), unit="frame", disable=not progress) as bar:
+        for name, source, labels in clips:
             detector.reset()  # each clip is its own recording
-            source = FolderSource(clip.path)
             for result in detector.run(source):
+                if result.index > len(labels):
+                    raise SourceError(f"{name} has a frame {result.index}, past the {len(labels)} labelled")
                 records.append(
                     {
-                        "video": clip.name,
+                        "video": name,
                         "frame": result.index,
                         "score": result.smoothed,
                         "unsmoothed": result.score,
                         "moving": result.active,
-                        "label": int(clip.labels[result.index - 1]),
+                        "label": int(labels[result.index - 1]),
                     }
                 )
                 bar.update(1)
             skipped += source.skipped
             bar.update(source.skipped)
     return records, skipped
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Per clip, 0/1 labels of its frames 1..N from a labels CSV (module docstring); SourceError if malformed."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"cannot read labels {path}: {e}") from None
+    if not rows or [cell.strip() for cell in rows[0]] != ["clip", "frame", "label"]:
+        raise SourceError(f"{path}: the first line must be the header clip,frame,label")
+    frames: dict[str, dict[int, int]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        try:
+            clip, frame, label = (cell.strip() for cell in row)
+            frame, label = int(frame), int(label)
+        except ValueError:
+            raise SourceError(f"{path} line {line}: expected clip,frame,label with whole numbers, got {row}") from None
+        if frame < 1 or label not in (0, 1) or not clip:
+            raise SourceError(f"{path} line {line}: need a clip name, a frame >= 1 and a label 0 or 1, got {row}")
+        if frames.setdefault(clip, {}).setdefault(frame, label) != label:
+            raise SourceError(f"{path} line {line}: {clip} frame {frame} is labelled twice, differently")
+    labels = {}
+    for clip, by_frame in frames.items():
+        gaps = sorted(set(range(1, max(by_frame) + 1)) - set(by_frame))
+        if gaps:
+            raise SourceError(f"{path}: {clip} has no label for frames {gaps[:5]}{' ...' if len(gaps) > 5 else ''}")
+        labels[clip] = np.array([by_frame[n] for n in range(1, len(by_frame) + 1)], np.uint8)
+    if not labels:
+        raise SourceError(f"{path} holds no labels")
+    return labels
 
 
 def summarize(records: list[dict]) -> dict:
@@ -90,7 +140,7 @@ def operating_point(records: list[dict], threshold: float) -> dict:
     }
 
 
-def draw_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str], path: Path) -> None:
+def draw_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str], path: Path, title: str) -> None:
     """A plain ROC plot with OpenCV (no plotting dependency)."""
     size, margin = 560, 60
     img = np.full((size, size, 3), 255, np.uint8)
@@ -150,7 +200,7 @@ def draw_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str,
     )
     cv2.putText(
         img,
-        "UCSD Ped2 frame-level ROC",
+        title,
         (margin, margin - 20),
         cv2.FONT_HERSHEY_SIMPLEX,
         0.55,
@@ -188,15 +238,56 @@ def evaluate_ped2(
         records, skipped = score_ped2_pipeline(model_path, data, settings, device, threads, scorers, progress)
     else:
         records, skipped = score_ped2(model, data, settings, progress)
-    seconds = time.perf_counter() - started
+    scored_by = f"multi-process pipeline, {scorers} scorer process(es)" if pipeline else "in-process detector"
+    report = build_report(model, model_path, records, skipped, time.perf_counter() - started, settings, scored_by)
+    if out_dir:
+        write_report(report, out_dir, "UCSD Ped2 frame-level ROC")
+    return report
+
+
+def evaluate_clips(
+    model_path: str | os.PathLike,
+    sources: list[str | os.PathLike],
+    labels_path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int = 0,
+    settings: ScoringSettings | None = None,
+    progress: bool = True,
+) -> dict:
+    """`evaluate_ped2` on any labelled footage: every clip of `sources`, labelled by the CSV at `labels_path`."""
+    model = PatchModel(model_path, device=device, threads=threads)
+    labels = read_labels(labels_path)
+    clips = open_footage(sources)
+    unlabelled = [clip.name for clip in clips if clip.name not in labels]
+    if unlabelled:
+        raise SourceError(f"{labels_path} has no labels for the clips {unlabelled} (labelled: {sorted(labels)})")
+    started = time.perf_counter()
+    records, skipped = score_clips(model, [(c.name, c.source, labels[c.name]) for c in clips], settings, progress)
+    for clip in clips:
+        last = max((r["frame"] for r in records if r["video"] == clip.name), default=0)
+        if last + clip.source.skipped < len(labels[clip.name]):
+            raise SourceError(f"{clip.name} ends at frame {last}, but {labels_path} labels {len(labels[clip.name])}")
+    report = build_report(
+        model, model_path, records, skipped, time.perf_counter() - started, settings, "in-process detector"
+    )
+    report["labels"] = str(labels_path)
+    report["clips"] = [clip.name for clip in clips]
+    if out_dir:
+        write_report(report, out_dir, "frame-level ROC")
+    return report
+
+
+def build_report(model, model_path, records, skipped, seconds, settings, scored_by) -> dict:
+    """The report both evaluations print and write: EER and AUC of both protocols, every frame's record."""
     summary = summarize(records)
     scoring = settings or model.card.scoring
-    report = {
+    return {
         "model": str(model_path),
         "method": model.card.method,
         "provider": model.provider,
         "protocol": "causal pooled: smoothed scores as the live daemon computes them, one ROC over all test frames",
-        "scored_by": f"multi-process pipeline, {scorers} scorer process(es)" if pipeline else "in-process detector",
+        "scored_by": scored_by,
         "eer": summary["eer"],
         "auc": summary["auc"],
         "eer_normalized": summary["eer_normalized"],
@@ -215,17 +306,20 @@ def evaluate_ped2(
         "frames_per_second": len(records) / seconds if seconds else None,
         "frames": records,
     }
-    if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        draw_roc(
-            summary["curves"],
-            {
-                "pooled": f"causal pooled: EER {report['eer']:.1%}, AUC {report['auc']:.3f}",
-                "normalized": f"per-video min-max (non-causal): EER {report['eer_normalized']:.1%}, "
-                f"AUC {report['auc_normalized']:.3f}",
-            },
-            out / "roc.png",
-        )
-    return report
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, title: str) -> None:
+    """report.json and roc.png in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    draw_roc(
+        summarize(report["frames"])["curves"],
+        {
+            "pooled": f"causal pooled: EER {report['eer']:.1%}, AUC {report['auc']:.3f}",
+            "normalized": f"per-video min-max (non-causal): EER {report['eer_normalized']:.1%}, "
+            f"AUC {report['auc_normalized']:.3f}",
+        },
+        out / "roc.png",
+        title,
+    )

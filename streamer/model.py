@@ -74,6 +74,8 @@ class ModelCard:
     gate: dict | None = None  # {"motion_threshold": float, ...}: cascade first stage
     threshold_rule: str = ""
     training: dict = field(default_factory=dict)
+    # What calibration, gate and threshold were fitted on (footage, frames, the share passing the threshold).
+    calibrated_on: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)
     commit: str = ""
     created: str = ""
@@ -104,6 +106,7 @@ class ModelCard:
             "scoring": self.scoring.to_dict(),
             "threshold_rule": self.threshold_rule,
             "training": self.training,
+            "calibrated_on": self.calibrated_on,
             "parity": self.parity,
             "commit": self.commit,
             "created": self.created,
@@ -126,6 +129,7 @@ class ModelCard:
                 gate=_gate(d.get("gate")),
                 threshold_rule=d.get("threshold_rule", ""),
                 training=d.get("training", {}),
+                calibrated_on=d.get("calibrated_on", {}),
                 parity=d.get("parity", {}),
                 commit=d.get("commit", ""),
                 created=d.get("created", ""),

@@ -343,13 +343,17 @@ class PatchExtractor:
 
     def push(self, image: np.ndarray) -> np.ndarray:
         """Patches (N, C, S, S) uint8 of this frame; boxes in `boxes_for(image shape)`."""
+        self.observe(image)
+        frames = list(self._history)
+        frames = [frames[0]] * (self._history.maxlen - len(frames)) + frames
+        return patches_from_frames(frames, self.spec)
+
+    def observe(self, image: np.ndarray) -> None:
+        """Take a frame into the history without cutting its patches (no flow): the past of later frames."""
         image = self.prepare(image)
         if self._history and self._history[-1].shape != image.shape:
             self.reset()  # the view changed size: old frames no longer line up
         self._history.append(image)
-        frames = list(self._history)
-        frames = [frames[0]] * (self._history.maxlen - len(frames)) + frames
-        return patches_from_frames(frames, self.spec)
 
     def boxes(self, image_shape: tuple[int, int]) -> np.ndarray:
         """Boxes (x, y, w, h) of the patches `push` returns, in the original frame's pixels."""

@@ -121,13 +121,14 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class Receiver:
-    """A local HTTP endpoint that records every POST; it can answer 500, or hold its answer for a while."""
+    """A local HTTP endpoint that records every POST; it can answer 500, or hold its answers until released."""
 
     def __init__(self):
         self.requests: list[tuple[dict, bytes, int]] = []  # (headers, body, status answered) in arrival order
         self.failing_until = 0.0  # time.monotonic() until which it answers 500
-        self.hold_seconds = 0.0  # delay before answering (after recording the request)
-        self.held = threading.Event()  # set while a request waits to be answered
+        self.holding = False  # hold each answer (after recording the request) until `release` is set
+        self.held = threading.Event()  # set once a request waits to be answered
+        self.release = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,9 +136,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = 500 if time.monotonic() < receiver.failing_until else 200
                 receiver.requests.append((dict(self.headers), body, status))
-                if receiver.hold_seconds:
+                if receiver.holding:
                     receiver.held.set()
-                    time.sleep(receiver.hold_seconds)
+                    receiver.release.wait(60)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -77,6 +77,8 @@ def test_shipped_configs_are_valid():
 
     for path in sorted((REPO / "configs").glob("*_ped2.yaml")):
         assert path.name.startswith(config.load(path, TrainConfig).method + "_")
+    own = config.load(REPO / "configs" / "own_camera.yaml", TrainConfig)
+    assert own.data.sources == [] and own.data.validation_share > 0 and not own.data.validation_clips
 
 
 def test_count_bands_must_not_be_negative(tmp_path):

@@ -271,7 +271,7 @@ def test_a_training_config_is_checked_as_vad_train_would(tmp_path, synthetic_ped
     code, _, err = check(path, capsys)
     problems = [line.strip()[2:] for line in err.splitlines() if line.strip().startswith("- ")]
     assert problems == [
-        "data.validation_clips: validation clips ['Train009'] are not among the training clips "
+        "data.validation_clips: validation clips ['Train009'] are not among the footage's clips "
         "['Train001', 'Train002', 'Train003']",
         "data.frames_file: cannot read selection manifest missing.json: No such file or directory",
         f"out: cannot create {tmp_path / 'afile' / 'model.onnx'}: {tmp_path / 'afile'} is not a folder",

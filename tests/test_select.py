@@ -11,7 +11,6 @@ from streamer.cli import main
 from streamer.model import ModelError
 from training.clustering import nearest_members, nearest_to_centroids
 from training.config import TrainConfig
-from training.data import frame_mask, read_clips
 from training.select import SelectionError, read_manifest, select
 
 
@@ -59,19 +58,8 @@ def test_selection_errors(tiny_model, synthetic_ped2, tmp_path):
     assert main(["select", "--source", str(tmp_path / "missing"), "--k", "2", "--out", str(tmp_path / "x")]) == 2
 
 
-def test_frame_mask_and_training_on_a_selection(synthetic_ped2, tiny_config, tmp_path):
-    from streamer.patches import PatchSpec
+def test_training_on_a_selection_fits_on_the_chosen_frames_only(synthetic_ped2, tiny_config, tmp_path):
     from training.train import train_model
-
-    folders = [(c, synthetic_ped2 / "Train" / c) for c in ("Train001", "Train002")]
-    clips = read_clips(folders, PatchSpec(motion="diff"), progress=False)
-    mask = frame_mask(clips, [("Train002", 1), ("Train001", 20)])
-    frames = np.flatnonzero(mask[:: clips.positions])
-    assert frames.tolist() == [19, 20] and mask.sum() == 2 * clips.positions
-    with pytest.raises(ValueError, match="not among the training clips"):
-        frame_mask(clips, [("Train009", 1)])
-    with pytest.raises(ValueError, match="Train001 has no frame 21"):
-        frame_mask(clips, [("Train001", 21)])
 
     manifest = select([synthetic_ped2 / "Train" / "Train001"], 6, tmp_path / "sel", random=True)
     out = tmp_path / "m"
@@ -81,3 +69,4 @@ def test_frame_mask_and_training_on_a_selection(synthetic_ped2, tiny_config, tmp
     }
     card = train_model(config.load(tiny_config, TrainConfig, overrides), progress=False)
     assert card.training["fitting_frames"] == len(manifest["chosen"]) == 6
+    assert card.training["frames"] == 60  # the other frames are still read: motion history, calibration

@@ -4,10 +4,10 @@ import torch
 
 from streamer.patches import PatchSpec
 from streamer.scoring import ScoringSettings, smooth_series
+from training.calibration import CalibrationSample, calibrate, fit_gate
 from training.clustering import cosine_neighbours, far_clusters, kmeans, nearest_to_centroids, sample_from_clusters
 from training.config import NREConfig
-from training.data import ClipPatches
-from training.export import ExportError, calibrate, check_parity, fit_gate
+from training.export import ExportError, check_parity
 from training.nets import ConvAutoencoder, ReconstructionScore
 from training.nre import NeighbourhoodLoss
 
@@ -113,17 +113,10 @@ def test_calibrate_fits_count_bands_on_frame_scores_and_thresholds_after_them():
     moving = rng.integers(1, 5, frames)
     energy = (np.arange(positions)[None, :] < moving[:, None]) * 20.0
     raw = np.where(energy > 0, moving[:, None] + rng.random((frames, positions)), 0.0)
-    data = ClipPatches(
-        patches=np.zeros((frames * positions, 1, 2, 2), np.uint8),
-        energy=energy.ravel(),
-        clip_ids=np.repeat([0, 1], frames // 2 * positions),
-        frame_ids=np.repeat(np.arange(frames), positions),
-        positions=positions,
-        clips=["a", "b"],
-    )
+    data = CalibrationSample(raw, energy, np.repeat([0, 1], frames // 2), np.ones(frames, bool), frames)
     settings = ScoringSettings(aggregation="max", smoothing="mean", window=2)
-    plain = calibrate(raw, data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9)
-    banded = calibrate(raw, data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9, count_bands=4)
+    plain = calibrate(data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9)
+    banded = calibrate(data, settings, "global", gate_max_hidden=0.0, threshold_quantile=0.9, count_bands=4)
     assert plain.count_bands is None
     assert plain.training_moving_max == banded.training_moving_max == moving.max() == 4
     assert banded.count_bands.edges.tolist() == [2, 3, 4]  # one band per count

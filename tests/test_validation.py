@@ -90,10 +90,10 @@ def test_ungated_samples_rescored_under_the_cards_gate_match_the_gated_proxy(tin
     """Other calibrations are tried on raw scores sampled without the gate; the card's own must come out the same."""
     model = PatchModel(tiny_model, threads=1)
     model.card = replace(model.card, gate={"motion_threshold": 20.0})  # a gate that hides some patches
-    ungated = proxy_samples(model, clips(synthetic_ped2), speedup=2, box=48, seeds=[0], gate=False)
+    ungated = [list(s) for s in proxy_samples(model, clips(synthetic_ped2), speedup=2, box=48, seeds=[0], gate=False)]
     assert not any(np.isnan(raw).any() for clip in ungated for *_, raw in clip)
     assert proxy_scores_with(model.card, ungated, draws=1)[0] == proxy_frame_scores(model, clips(synthetic_ped2))
-    gated = proxy_samples(model, clips(synthetic_ped2), speedup=2, box=48, seeds=[0])
+    gated = [list(s) for s in proxy_samples(model, clips(synthetic_ped2), speedup=2, box=48, seeds=[0])]
     assert any(np.isnan(raw).any() for clip in gated for *_, raw in clip)
     looser = replace(model.card, gate={"motion_threshold": 0.0})
     with pytest.raises(ValueError, match="gate=False"):

@@ -8,44 +8,61 @@ configs with the same messages.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from streamer import config
+from streamer import config, ped2
 from streamer.config import ConfigError, path_problem
+from streamer.footage import Clip, clips_of, is_live, named_uniquely
 from streamer.sources import SourceError
 
-from . import data as training_data
 from .config import TrainConfig
+from .sampling import FrameRoles, chosen_clips
 from .select import SelectionError, read_manifest
 
 
-def checked_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:
+@dataclass
+class Footage:
+    """What a config's footage holds, as far as it can be known without recording anything."""
+
+    clips: list[Clip]  # the files and folders' clips (live sources are recorded only when training starts)
+    live: list[str]  # live sources
+
+
+def checked_config(path: str | os.PathLike, overrides: dict | None = None) -> tuple[TrainConfig, Footage]:
     """The training config at `path` (with command-line overrides), loaded and preflighted; ConfigError if not."""
     cfg = config.load(path, TrainConfig, overrides)
     try:
-        preflight(cfg)
+        footage = preflight(cfg)
     except ConfigError as e:
         raise ConfigError(e.problems, str(path)) from None
-    return cfg
+    return cfg, footage
 
 
-def preflight(cfg: TrainConfig) -> None:
-    """ConfigError listing every problem with the data, files and output folder the config names."""
+def preflight(cfg: TrainConfig) -> Footage:
+    """ConfigError listing every problem with the footage, files and output folder the config names."""
     problems = []
+    data = cfg.data
+    live = [str(t) for t in data.sources if is_live(t)]
+    clips: list[Clip] = []
     try:
-        folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
+        if data.sources:
+            clips = named_uniquely([clip for t in data.sources if not is_live(t) for clip in clips_of(Path(t))])
+        else:
+            clips = clips_of(ped2.resolve_root(data.root))
     except SourceError as e:
-        problems.append(f"data.root: {e}")
-    except ValueError as e:
-        problems.append(f"data.train_clips: {e}")
-    else:
+        problems.append(f"{'data.sources' if data.sources else 'data.root'}: {e}")
+    if live and not data.duration:
+        problems.append(f"data.duration: the live sources {live} are recorded first: give the seconds to record")
+    if clips and not live:  # every clip's name is known: check the names the config gives
         try:
-            training_data.split_clips(folders, cfg.data.validation_clips)
-        except ValueError as e:
-            problems.append(f"data.validation_clips: {e}")
-    if cfg.data.frames_file:
+            clips = chosen_clips(clips, data.train_clips)
+            FrameRoles(data, [clip.name for clip in clips])
+        except ConfigError as e:
+            problems += [f"data.{problem}" for problem in e.problems]
+    if data.frames_file:
         try:
-            read_manifest(cfg.data.frames_file)
+            read_manifest(data.frames_file)
         except SelectionError as e:
             problems.append(f"data.frames_file: {e}")
     checkpoint = cfg.sdae.checkpoint
@@ -57,3 +74,4 @@ def preflight(cfg: TrainConfig) -> None:
         problems.append(f"out: {problem}")
     if problems:
         raise ConfigError(problems)
+    return Footage(clips, live)

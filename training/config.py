@@ -11,22 +11,40 @@ from streamer.scoring import ScoringSettings
 
 @dataclass
 class DataConfig:
-    root: str | None = None  # Ped2 folder; None: $VAD_PED2, then ../shared/datasets/UCSDped2
-    train_clips: list[str] | None = None  # None: every Train clip
-    # Held out from fitting: early stopping and pseudo-anomaly validation look only at these.
-    validation_clips: list[str] = field(default_factory=lambda: ["Train015", "Train016"])
+    # The footage (training/sampling.py, streamer/footage.py): video files, folders of frames or of videos, the Ped2
+    # layout, live URLs (recorded for `duration` seconds first). Empty: the Ped2 training clips of `root`.
+    sources: list[str] = field(default_factory=list)
+    duration: float | None = None  # seconds recorded from each live source
+    root: str | None = None  # Ped2 folder when no sources; None: $VAD_PED2, then ../shared/datasets/UCSDped2
+    train_clips: list[str] | None = None  # None: every clip
+    # Held out from fitting: early stopping and pseudo-anomaly validation look only at these clips ...
+    validation_clips: list[str] = field(default_factory=list)
+    # ... or, when none are named, at this share of the footage: blocks of `validation_block` frames spread over it.
+    validation_share: float = 0.1
+    validation_block: int = 200
     motion_threshold: float = 12.0  # mean motion channel (0-255) marking a patch as "moving"
-    static_fraction: float = 0.05  # share of the static patches kept for training
+    static_fraction: float = 0.05  # share of the static patches offered to the sample
+    # The sample's bound: at most this many moving and this many static patches are kept for fitting, as many
+    # again for validation; longer footage is sampled evenly (seeded). About 2.7 kB per patch of 3 channels.
+    max_moving_patches: int = 250_000
+    max_static_patches: int = 50_000
     frame_step: int = 1  # train on every k-th frame (neighbouring frames at 10 fps are near-duplicates)
     max_frames: int | None = None  # per clip; for quick runs and tests
-    # A `vad select` manifest: fit on the patches of the frames it lists only (validation clips stay whole).
+    # A `vad select` manifest: fit on the patches of the frames it lists only (validation frames stay whole).
     frames_file: str | None = None
 
     def __post_init__(self):
-        if self.frame_step < 1 or (self.max_frames is not None and self.max_frames < 1):
-            raise ValueError(f"frame_step and max_frames must be >= 1, got {self.frame_step}, {self.max_frames}")
-        if not 0 <= self.static_fraction <= 1 or self.motion_threshold < 0:
-            raise ValueError("static_fraction must be in [0, 1] and motion_threshold >= 0")
+        if self.frame_step < 1 or self.validation_block < 1 or (self.max_frames is not None and self.max_frames < 1):
+            raise ValueError(
+                f"frame_step, validation_block and max_frames must be >= 1, got {self.frame_step}, "
+                f"{self.validation_block}, {self.max_frames}"
+            )
+        if not 0 <= self.validation_share < 1 or not 0 <= self.static_fraction <= 1 or self.motion_threshold < 0:
+            raise ValueError("validation_share must be in [0, 1), static_fraction in [0, 1] and motion_threshold >= 0")
+        if self.max_moving_patches < 1 or self.max_static_patches < 0:
+            raise ValueError("max_moving_patches must be >= 1 and max_static_patches >= 0")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError(f"duration must be > 0 seconds, got {self.duration}")
         if self.frames_file and self.frame_step != 1:
             raise ValueError("frames_file and frame_step both choose the training frames: set only one")
 
@@ -129,6 +147,9 @@ class ExportConfig:
     threshold_quantile: float = 0.99
     gate_max_hidden: float | None = None  # None: no motion gate; else see training.export.fit_gate
     count_bands: int = 0  # 0: none; else frame scores calibrated in up to this many bands of the moving-patch count
+    # The calibration sample's bound: patch scores of at most this many frames (8 bytes per patch); longer
+    # footage is sampled evenly in runs of consecutive frames (seeded).
+    calibration_frames: int = 20_000
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     # float16: the graphs store their weights at half the size, cast back to float32 inside the graph. The export
     # fails if a patch score on real patches moves by more than float16_tolerance of the normal score spread.
@@ -138,6 +159,8 @@ class ExportConfig:
     def __post_init__(self):
         if self.count_bands < 0:
             raise ValueError(f"count_bands must be >= 0, got {self.count_bands}")
+        if self.calibration_frames < 1000:
+            raise ValueError(f"calibration_frames must be >= 1000, got {self.calibration_frames}")
         if not (0 < self.calibration_quantile < 1 and 0 < self.threshold_quantile < 1):
             raise ValueError("calibration_quantile and threshold_quantile must be in (0, 1)")
         if self.gate_max_hidden is not None and not 0 < self.gate_max_hidden < 1:

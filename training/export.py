@@ -1,31 +1,26 @@
-"""Export a trained scoring module to ONNX, check parity, calibrate on training data, write the card.
+"""Export a trained scoring module to ONNX, check parity, calibrate on the training footage, write the card.
 
-Everything the card holds is fitted on normal training clips only:
-  calibration  per-position median and high quantile of raw patch scores
-  gate         (optional) the motion level below which patches are left out
-  count bands  (optional) frame-score median and spread per band of the gate-passing patch count
-  threshold    a quantile of smoothed training frame scores (a false-alarm rate on normal video)
+Calibration, gate and threshold are fitted on the normal training footage only (training/calibration.py).
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
-import subprocess
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from streamer.footage import Clip
 from streamer.model import ModelCard, create_session, session_scores, sha256_of
 from streamer.patches import PatchSpec, to_model_input
-from streamer.scoring import Calibration, CountBands, ScoringSettings, aggregate, passes_gate, smooth_series
+from streamer.scoring import ScoringSettings
 
-from .data import ClipPatches
+from .calibration import calibrate, calibration_record, collect
 from .loops import as_float
+from .provenance import git_commit, now
 
 log = logging.getLogger(__name__)
 
@@ -178,104 +173,14 @@ def halve_weights(path: Path, session, patches: np.ndarray, quantile: float, tol
     }
 
 
-def fit_gate(energy: np.ndarray, calibrated: np.ndarray, max_hidden: float) -> dict:
-    """The highest motion threshold that hides at most `max_hidden` of the unusual training patches.
-
-    Unusual = calibrated score above 1, the top of normal. Below the threshold a
-    patch skips the network: it is confidently normal.
-    """
-    unusual = calibrated > 1.0
-    candidates = np.arange(0.0, 64.01, 0.25)  # motion energy is on a 0-255 scale
-    hidden = np.array([(unusual & (energy < t)).sum() for t in candidates]) / max(unusual.sum(), 1)
-    threshold = float(candidates[hidden <= max_hidden].max())
-    passed = float((energy >= threshold).mean())
-    log.info("gate: motion threshold %.2f passes %.1f%% of training patches", threshold, 100 * passed)
-    return {
-        "motion_threshold": threshold,
-        "max_hidden": max_hidden,
-        "training_pass_rate": passed,
-        "rule": f"highest motion level hiding <= {max_hidden:.0%} of the training patches "
-        "scoring above the calibration quantile",
-    }
-
-
-def aggregated_frame_scores(
-    calibrated: np.ndarray, energy: np.ndarray, gate: dict | None, settings: ScoringSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frame scores of (F, P) calibrated patch scores before count bands, and each frame's gate-passing count.
-
-    Gated-out patches count 0, as live.
-    """
-    active = passes_gate(energy, gate)
-    calibrated = np.where(active, calibrated, 0.0)
-    return np.array([aggregate(z, settings) for z in calibrated]), active.sum(axis=1)
-
-
-@dataclass
-class CalibrationResult:
-    calibration: Calibration
-    gate: dict | None
-    count_bands: CountBands | None
-    training_moving_max: int  # most gate-passing patches in any training frame
-    threshold: float
-    percentiles: dict
-    rule: str
-
-
-def calibrate(
-    raw: np.ndarray,
-    data: ClipPatches,
-    settings: ScoringSettings,
-    mode: str = "position",
-    quantile: float = 0.99,
-    threshold_quantile: float = 0.99,
-    gate_max_hidden: float | None = None,
-    count_bands: int = 0,
-) -> CalibrationResult:
-    """Fit calibration, gate, count bands (if `count_bands` > 0) and threshold on normal clips: raw (F, P) scores."""
-    calibration = Calibration.fit(raw, mode, quantile)
-    calibrated = calibration.apply(raw)
-    energy = data.energy.reshape(data.frames, data.positions)
-    gate = None if gate_max_hidden is None else fit_gate(energy.ravel(), calibrated.ravel(), gate_max_hidden)
-    scores, counts = aggregated_frame_scores(calibrated, energy, gate, settings)
-    bands = CountBands.fit(scores, counts, count_bands, quantile) if count_bands else None
-    if bands is not None:
-        scores = np.array([bands.apply(score, count) for score, count in zip(scores, counts)])
-        log.info("count bands: edges %s (gate-passing patches per frame)", [f"{e:g}" for e in bands.edges])
-    clip_of_frame = data.clip_of_frame
-    smoothed = np.concatenate([smooth_series(scores[clip_of_frame == c], settings) for c in np.unique(clip_of_frame)])
-    threshold = float(np.quantile(smoothed, threshold_quantile))
-    percentiles = {f"p{q:g}": float(np.quantile(raw, q / 100)) for q in (50, 90, 99, 99.9)}
-    rule = (
-        f"{threshold_quantile:.1%} quantile of smoothed frame scores on {data.frames} normal training frames "
-        f"({1 - threshold_quantile:.1%} of them pass it; normal video the model has not seen passes more often: "
-        "the cross-validated proxy measures how much, README)"
-    )
-    log.info("threshold %.3f: %s", threshold, rule)
-    return CalibrationResult(calibration, gate, bands, int(counts.max()), threshold, percentiles, rule)
-
-
-def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def export_model(
     module: torch.nn.Module,
     out_path: str | os.PathLike,
     *,
     method: str,
     spec: PatchSpec,
-    calibration_data: ClipPatches,
+    footage: list[Clip],
+    sample_patches: np.ndarray,
     settings: ScoringSettings,
     training: dict,
     calibration_mode: str = "position",
@@ -283,28 +188,31 @@ def export_model(
     threshold_quantile: float = 0.99,
     gate_max_hidden: float | None = None,
     count_bands: int = 0,
+    calibration_frames: int = 20_000,
+    frames_per_clip: int | None = None,
     parity_patches: int = 4096,
     parity_tolerance: float = 1e-5,
     score_description: str = "mean squared reconstruction error per patch",
     encoder: torch.nn.Module | None = None,
     seed: int = 0,
+    progress: bool = True,
     threads: int = 0,
     weights: str = "float32",
     float16_tolerance: float = 0.01,
 ) -> ModelCard:
     """Write OUT.onnx and OUT.json (and OUT.encoder.onnx, patches -> latents, given an encoder); return the card.
 
-    weights "float16" stores the graphs' weights at half the size (`halve_weights`).
+    Parity is checked on `sample_patches` (training patches); calibration reads `footage` again, every frame
+    (each clip's first `frames_per_clip`), and keeps at most `calibration_frames` of them. weights "float16"
+    stores the graphs' weights at half the size (`halve_weights`).
     """
     out_path = Path(out_path).with_suffix(".onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(module, out_path, spec)
     session, _ = create_session(out_path, device="cpu", threads=threads)
     rng = np.random.default_rng(seed)
-    pick = rng.choice(
-        len(calibration_data.patches), size=min(parity_patches, len(calibration_data.patches)), replace=False
-    )
-    patches = calibration_data.patches[np.sort(pick)]
+    pick = np.sort(rng.choice(len(sample_patches), size=min(parity_patches, len(sample_patches)), replace=False))
+    patches = sample_patches[pick]
     parity = check_parity(module, session, patches, parity_tolerance)
     if weights == "float16":
         session, parity["float16"] = halve_weights(
@@ -314,10 +222,18 @@ def export_model(
     if encoder is not None:
         encoder_path = out_path.with_suffix(".encoder.onnx")
         encoder_entry = export_encoder(encoder, encoder_path, spec, patches, threads, weights, float16_tolerance)
-    data = calibration_data
-    raw = session_scores(session, data.patches).reshape(data.frames, data.positions)  # the exported graph's own scores
+    sample = collect(  # the exported graph's own scores
+        footage,
+        spec,
+        lambda p: session_scores(session, p),
+        settings,
+        calibration_frames,
+        seed,
+        frames_per_clip,
+        progress,
+    )
     result = calibrate(
-        raw, data, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden, count_bands
+        sample, settings, calibration_mode, calibration_quantile, threshold_quantile, gate_max_hidden, count_bands
     )
     settings = ScoringSettings.from_dict({**settings.to_dict(), "threshold": result.threshold})
     card = ModelCard(
@@ -333,9 +249,10 @@ def export_model(
         training_moving_max=result.training_moving_max,
         threshold_rule=result.rule,
         training=training,
+        calibrated_on=calibration_record(training.get("footage", []), sample, result),
         parity=parity,
         commit=git_commit(),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=now(),
         encoder=encoder_entry,
     )
     card.save(out_path.with_suffix(".json"))

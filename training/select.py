@@ -27,9 +27,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from streamer.footage import Clip, open_footage
 from streamer.model import ModelCard, ModelError, card_path_for, create_session, sha256_of
 from streamer.patches import PatchExtractor, to_model_input
-from streamer.sources import FolderSource, SourceError, VideoSource, list_image_files
+from streamer.sources import FolderSource, SourceError, VideoSource
 
 from .clustering import kmeans, nearest_members
 
@@ -48,31 +49,6 @@ class FrameRef:
     name: str  # file name in a frame folder, empty for video
 
 
-def open_clips(sources: list[str | os.PathLike]) -> list[tuple[str, object]]:
-    """(name, source) of each video file, frame folder, or folder of frame folders (one clip per subfolder)."""
-    clips = []
-    for target in sources:
-        path = Path(target)
-        if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
-            subfolders = sorted(p for p in path.iterdir() if p.is_dir())
-            if not subfolders:
-                raise SourceError(f"{path} holds neither frames nor clip folders")
-            clips += [(p.name, FolderSource(p)) for p in subfolders]
-        elif path.is_dir():
-            list_image_files(path)  # a clear error for a folder without frames
-            clips.append((path.name, FolderSource(path)))
-        else:
-            clips.append((path.stem, VideoSource(str(path))))
-    names = [name for name, _ in clips]
-    if len(set(names)) != len(names):
-        raise SelectionError(f"sources share names, so frames could not be told apart: {names}")
-    return clips
-
-
-def where(source) -> str:
-    return str(source.folder if isinstance(source, FolderSource) else source.target)
-
-
 def load_encoder(model_path: str | os.PathLike, device: str = "auto", threads: int = 0):
     """(session, card) of the encoder graph recorded in a model's card."""
     card = ModelCard.load(card_path_for(model_path))
@@ -88,33 +64,33 @@ def load_encoder(model_path: str | os.PathLike, device: str = "auto", threads: i
 
 
 def frame_descriptors(
-    clips: list[tuple[str, object]], session, card: ModelCard, every: int = 1, progress: bool = True
+    clips: list[Clip], session, card: ModelCard, every: int = 1, progress: bool = True
 ) -> tuple[np.ndarray, list[FrameRef]]:
     """(F, P * L) concatenated patch latents of every `every`-th frame, and which frames they are."""
     name = session.get_inputs()[0].name
     descriptors, refs = [], []
-    for clip, source in clips:
+    for clip in clips:
         extractor = PatchExtractor(card.patch)  # motion channels need the frames in between too
-        for frame in tqdm(source, desc=f"encoding {clip}", unit="frame", leave=False, disable=not progress):
-            patches = extractor.push(frame.image)
+        for frame in tqdm(clip.source, desc=f"encoding {clip.name}", unit="frame", leave=False, disable=not progress):
             if (frame.index - 1) % every:
+                extractor.observe(frame.image)
                 continue
-            latents = session.run(None, {name: to_model_input(patches)})[0]
+            latents = session.run(None, {name: to_model_input(extractor.push(frame.image))})[0]
             descriptors.append(latents.reshape(-1))
-            refs.append(FrameRef(clip, where(source), frame.index, frame.name))
+            refs.append(FrameRef(clip.name, clip.where, frame.index, frame.name))
     if not refs:
         raise SourceError("no frames read from the sources")
     return np.stack(descriptors), refs
 
 
-def list_frames(clips: list[tuple[str, object]], every: int = 1) -> list[FrameRef]:
+def list_frames(clips: list[Clip], every: int = 1) -> list[FrameRef]:
     """Every `every`-th frame of the sources, without reading pixels where a folder lists its files."""
     refs = []
-    for clip, source in clips:
-        if isinstance(source, FolderSource):
-            refs += [FrameRef(clip, where(source), n, p.name) for n, p in enumerate(source.files, 1)]
+    for clip in clips:
+        if isinstance(clip.source, FolderSource):
+            refs += [FrameRef(clip.name, clip.where, n, p.name) for n, p in enumerate(clip.source.files, 1)]
         else:
-            refs += [FrameRef(clip, where(source), f.index, "") for f in source]
+            refs += [FrameRef(clip.name, clip.where, f.index, "") for f in clip.source]
     return [r for r in refs if (r.frame - 1) % every == 0]
 
 
@@ -146,7 +122,7 @@ def select(
         raise SelectionError(f"k and every must be >= 1, got {k} and {every}")
     if not random and model is None:
         raise SelectionError("selection needs --model (a model exported by `vad train`), or --random")
-    clips = open_clips(sources)
+    clips = open_footage(sources)
     if random:
         refs = list_frames(clips, every)
         _check_count(k, len(refs))

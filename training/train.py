@@ -1,4 +1,11 @@
-"""`vad train METHOD --config FILE`: read normal clips, train, export, calibrate, validate."""
+"""`vad train METHOD --config FILE [--source ...]`: sample normal footage, train, export, calibrate, validate.
+
+The footage is read three times, frame by frame, and never held: a bounded
+sample of patches to fit on (training/sampling.py), every frame for the
+calibration and threshold (training/calibration.py), and the validation
+frames for the speed proxy (training/validation.py). Peak memory is set by
+the config's sample bounds, not by the length of the footage.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from streamer import ped2
+from streamer.footage import Clip, open_footage, recordings_beside, redact
 from streamer.model import ModelCard, PatchModel, card_path_for
 from streamer.patches import PatchSpec
+from streamer.sources import SourceError
 
-from . import data as training_data
+from . import sampling
 from .autoencoder import train_autoencoder
 from .config import TrainConfig
 from .crossmodal import train_crossmodal
@@ -27,15 +37,26 @@ from .loops import reproducible
 from .nets import ReconstructionScore
 from .nre import train_nre
 from .sdae import SDAEEncoder, load_sdae, save_sdae, train_sdae
-from .select import read_manifest
 from .validation import speed_proxy
 
 log = logging.getLogger(__name__)
 
 
-def build_spec(cfg: TrainConfig, first_folder) -> PatchSpec:
-    """The config's patch spec with its working frame size fixed: the configured one, else the training frames'."""
-    return replace(cfg.patches, frame_size=cfg.patches.frame_size or training_data.frame_size_of(first_folder))
+def build_spec(cfg: TrainConfig, first_clip: Clip | None) -> PatchSpec:
+    """The config's patch spec with its working frame size fixed: the configured one, else the footage's."""
+    if cfg.patches.frame_size:
+        return cfg.patches
+    first = next(iter(first_clip.source), None)
+    if first is None:
+        raise SourceError(f"no readable frame in {first_clip.where}")
+    return replace(cfg.patches, frame_size=first.image.shape)
+
+
+def open_training_footage(cfg: TrainConfig, progress: bool) -> tuple[list[str], list[Clip]]:
+    """(the footage as the card records it, its clips): data.sources, else the Ped2 training clips of data.root."""
+    targets = cfg.data.sources or [str(ped2.resolve_root(cfg.data.root))]
+    clips = open_footage(targets, recordings_beside(cfg.out), cfg.data.duration, progress)
+    return [redact(t) for t in targets], sampling.chosen_clips(clips, cfg.data.train_clips)
 
 
 @dataclass
@@ -127,40 +148,26 @@ def with_density(cfg: TrainConfig, trained: Trained, train: np.ndarray, val: np.
 def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
     started = time.perf_counter()
     rng = reproducible(cfg.seed, cfg.threads)
-    folders = training_data.ped2_training_folders(cfg.data.root, cfg.data.train_clips)
-    fitting, validation = training_data.split_clips(folders, cfg.data.validation_clips)
-    spec = build_spec(cfg, folders[0][1])
-    log.info("reading %d training clips (%d held out for validation), patches %s", len(folders), len(validation), spec)
-    clips = training_data.read_clips(folders, spec, cfg.data.max_frames, progress)
-    is_val = np.isin(np.array(clips.clips)[clips.clip_ids], [name for name, _ in validation])
-    on_step = clips.frame_ids % cfg.data.frame_step == 0  # calibration still sees every frame
+    footage, clips = open_training_footage(cfg, progress)
+    spec = build_spec(cfg, clips[0])
+    log.info("footage: %d clips from %s; patches %s", len(clips), ", ".join(footage), spec)
+    sample = sampling.sample_patches(clips, spec, cfg.data, cfg.seed, progress)
 
-    def pick(mask):
-        return training_data.sample_patches(clips, mask, cfg.data.motion_threshold, cfg.data.static_fraction, rng)
-
-    fitting_mask = ~is_val & on_step
-    if cfg.data.frames_file:
-        fitting_mask = ~is_val & training_data.frame_mask(clips, read_manifest(cfg.data.frames_file))
-        log.info(
-            "fitting on the %d frames listed in %s", len(np.unique(clips.frame_ids[fitting_mask])), cfg.data.frames_file
-        )
-    train_idx, val_idx = pick(fitting_mask), pick(is_val & on_step)
-    train, val = clips.patches[train_idx], clips.patches[val_idx]
-    log.info("training on %d patches, validating on %d", len(train), len(val))
-
-    trained = fit_method(cfg, spec.channels, train, val, rng, progress)
+    trained = fit_method(cfg, spec.channels, sample.fitting, sample.validation, rng, progress)
     if cfg.density.score != "own":
-        trained = with_density(cfg, trained, train, val, rng)
+        trained = with_density(cfg, trained, sample.fitting, sample.validation, rng)
     fit_seconds = time.perf_counter() - started
 
+    roles = sampling.FrameRoles(cfg.data, [clip.name for clip in clips])
+    validation_clips = sorted({clip.name for clip in clips if clip.name in cfg.data.validation_clips})
     training = {
-        "dataset": "UCSD Ped2 training clips (normal only)",
-        "fitting_clips": [name for name, _ in fitting],
-        "validation_clips": [name for name, _ in validation],
-        "frames": clips.frames,
-        "fitting_frames": int(len(np.unique(clips.frame_ids[fitting_mask]))),
-        "training_patches": int(len(train)),
-        "validation_patches": int(len(val)),
+        "footage": footage,
+        "clips": [clip.name for clip in clips],
+        "fitting_clips": [clip.name for clip in clips if clip.name not in validation_clips],
+        "validation_clips": validation_clips,
+        **sample.facts,
+        "training_patches": int(len(sample.fitting)),
+        "validation_patches": int(len(sample.validation)),
         "network": trained.network,
         "config": asdict(cfg),
         "seconds": round(fit_seconds, 1),
@@ -179,7 +186,8 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         out,
         method=cfg.method,
         spec=spec,
-        calibration_data=clips,
+        footage=clips,
+        sample_patches=sample.fitting,
         settings=export.scoring,
         training=training,
         calibration_mode=export.calibration,
@@ -187,6 +195,8 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         threshold_quantile=export.threshold_quantile,
         gate_max_hidden=export.gate_max_hidden,
         count_bands=export.count_bands,
+        calibration_frames=export.calibration_frames,
+        frames_per_clip=cfg.data.max_frames,
         score_description=trained.score_description,
         encoder=trained.encoder,
         seed=cfg.seed,
@@ -194,12 +204,14 @@ def train_model(cfg: TrainConfig, progress: bool = True) -> ModelCard:
         weights=export.weights,
         float16_tolerance=export.float16_tolerance,
         parity_tolerance=trained.parity_tolerance,
+        progress=progress,
     )
-    if validation:
-        model = PatchModel(out, device="cpu", threads=torch.get_num_threads())
-        proxy = speed_proxy(model, [path for _, path in validation], seed=cfg.seed)
+    del sample, trained
+    if card.training["validation_frames"]:
+        segments = sampling.validation_segments(clips, cfg.data, roles, progress)
+        proxy = speed_proxy(PatchModel(out, device="cpu", threads=torch.get_num_threads()), segments, seed=cfg.seed)
         if proxy["auc"] is None:
-            log.warning("pseudo-anomaly validation skipped: nothing moves in the validation clips")
+            log.warning("pseudo-anomaly validation skipped: nothing moves in the validation frames")
         else:
             log.info(
                 "pseudo-anomaly validation (x%d speed-up): EER %.3f, AUC %.3f",

@@ -13,6 +13,8 @@ figure used to choose hyperparameters (see README).
 from __future__ import annotations
 
 import os
+from collections import deque
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -24,6 +26,7 @@ from streamer.scoring import ScoringSettings, calibrated_frame, frame_score, pas
 from streamer.sources import FolderSource
 
 MOVING_DIFF = 4.0  # mean |frame difference| marking a patch as holding a moving person
+CHUNK_SAMPLES = 64  # samples scored together: a bounded batch for the network
 
 
 def _moving_patches(previous: np.ndarray, current: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -32,20 +35,20 @@ def _moving_patches(previous: np.ndarray, current: np.ndarray, size: int, stride
 
 
 def proxy_frame_scores(
-    model: PatchModel, folders: list[os.PathLike], speedup: int = 2, box: int = 48, seed: int = 0
+    model: PatchModel, segments: Iterable, speedup: int = 2, box: int = 48, seed: int = 0
 ) -> list[dict[int, dict[int, float]]]:
-    """Per clip: {frame t: {0: score as it is, 1: score with one person sped up}} (1 only where someone moves).
+    """Per segment: {frame t: {0: score as it is, 1: score with one person sped up}} (1 only where someone moves).
 
     Scores are the card's aggregated, calibrated frame scores before temporal smoothing.
     """
-    return _proxy_draws(model, folders, speedup, box, [seed])[0]
+    return _proxy_draws(model, segments, speedup, box, [seed])[0]
 
 
 def _proxy_draws(
-    model: PatchModel, folders: list[os.PathLike], speedup: int, box: int, seeds: list[int]
+    model: PatchModel, segments: Iterable, speedup: int, box: int, seeds: list[int]
 ) -> list[list[dict[int, dict[int, float]]]]:
-    """`proxy_frame_scores` for each seed in one pass: the clips are read and their plain frames scored once."""
-    return proxy_scores_with(model.card, proxy_samples(model, folders, speedup, box, seeds), len(seeds))
+    """`proxy_frame_scores` for each seed in one pass: the frames are read and their plain patches scored once."""
+    return proxy_scores_with(model.card, proxy_samples(model, segments, speedup, box, seeds), len(seeds))
 
 
 def enlarge_into(frame: np.ndarray, region: np.ndarray, cy: int, cx: int, zoom: float) -> None:
@@ -59,14 +62,22 @@ def enlarge_into(frame: np.ndarray, region: np.ndarray, cy: int, cx: int, zoom: 
 
 def proxy_samples(
     model: PatchModel,
-    folders: list[os.PathLike],
+    segments: Iterable,
     speedup: int,
     box: int,
     seeds: list[int],
     gate: bool = True,
     zoom: float = 1.0,
-) -> list:
-    """Per clip, (frame t, draw index or None for the frame as it is, motion energy per patch, raw scores).
+) -> Iterator[Iterator[tuple]]:
+    """Per segment, lazily: (frame t, draw index or None for the frame as it is, motion energy per patch, raw scores).
+
+    `segments`: frame folders, or iterables of grayscale frames (consecutive
+    frames of one recording). Each segment's samples come as an iterator, to be
+    read before the next segment's; a segment's frames are read one at a time
+    and kept only while a stand-in needs them, and patches are scored
+    CHUNK_SAMPLES samples at a time, so memory stays flat however long the
+    segments. (Callers that go over the samples more than once keep them:
+    `[list(s) for s in proxy_samples(...)]`.)
 
     The expensive part of the proxy (optical flow, the network), kept apart so
     that other calibrations, gates and frame-score settings can be tried on the
@@ -79,29 +90,45 @@ def proxy_samples(
     camera), where the plain speed-up changes how fast one walker moves but
     hardly how many patches move.
     """
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    for segment in segments:
+        images = (f.image for f in FolderSource(segment)) if isinstance(segment, (str, os.PathLike)) else segment
+        yield _segment_samples(model, images, speedup, box, rngs, gate, zoom)
+
+
+def _segment_samples(model, images: Iterable[np.ndarray], speedup, box, rngs, gate, zoom) -> Iterator[tuple]:
     card = model.card
     sampling_gate = card.gate if gate else None
     spec = card.patch
     history = max(spec.history, 1)
-    rngs = [np.random.default_rng(seed) for seed in seeds]
-    clips = []
-    for folder in folders:
-        extractor = PatchExtractor(spec)
-        frames = [extractor.prepare(f.image) for f in FolderSource(folder)]
-        h, w = frames[0].shape
+    extractor = PatchExtractor(spec)
+    window: deque[np.ndarray] = deque(maxlen=speedup * history + 1)  # window[-1 - j] is frame t - j
+    pending = []  # (t, draw index, or None for the frame as it is; motion energy; gate mask; patches passed)
+
+    def add(t, draw, patches):
+        energy = motion_energy(patches, spec)
+        active = passes_gate(energy, sampling_gate)
+        pending.append((t, draw, energy, active, patches[active]))
+
+    def scored():
+        raw = model.raw_scores(np.concatenate([p for *_, p in pending]))
+        offsets = np.cumsum([0] + [len(p) for *_, p in pending])
+        for (t, draw, energy, active, _), a, b in zip(pending, offsets, offsets[1:]):
+            scores = np.full(len(active), np.nan, np.float32)
+            scores[active] = raw[a:b]
+            yield t, draw, energy, scores
+        pending.clear()
+
+    for t, image in enumerate(images):
+        window.append(extractor.prepare(image))
+        if t < speedup * history:
+            continue
+        h, w = window[-1].shape
         boxes = extractor.boxes((h, w))
-        samples = []  # (t, draw index, or None for the frame as it is; motion energy; gate mask; patches passed)
-
-        def add(t, draw, patches):
-            energy = motion_energy(patches, spec)
-            active = passes_gate(energy, sampling_gate)
-            samples.append((t, draw, energy, active, patches[active]))
-
-        for t in range(speedup * history, len(frames)):
-            add(t, None, patches_from_frames(frames[t - spec.history : t + 1] if spec.history else [frames[t]], spec))
-            moving = _moving_patches(frames[t - 1], frames[t], spec.size, spec.stride)
-            if not len(moving):
-                continue
+        plain = [window[-1 - j] for j in range(spec.history, -1, -1)]  # the past frames, then frame t
+        add(t, None, patches_from_frames(plain, spec))
+        moving = _moving_patches(window[-2], window[-1], spec.size, spec.stride)
+        if len(moving):
             for draw, rng in enumerate(rngs):
                 x, y, bw, bh = boxes[rng.choice(moving)]
                 cy, cx = y + bh // 2, x + bw // 2
@@ -109,19 +136,15 @@ def proxy_samples(
                 x0, x1 = max(0, cx - box // 2), min(w, cx + box // 2)
                 faster = []
                 for j in range(spec.history, -1, -1):  # the past frames, then the current one (j = 0)
-                    frame = frames[t - j].copy()  # zoom 1 pastes the region back where it came from
-                    enlarge_into(frame, frames[t - speedup * j][y0:y1, x0:x1], (y0 + y1) // 2, (x0 + x1) // 2, zoom)
+                    frame = window[-1 - j].copy()  # zoom 1 pastes the region back where it came from
+                    region = window[-1 - speedup * j][y0:y1, x0:x1]
+                    enlarge_into(frame, region, (y0 + y1) // 2, (x0 + x1) // 2, zoom)
                     faster.append(frame)
                 add(t, draw, patches_from_frames(faster, spec))
-        raw = model.raw_scores(np.concatenate([p for *_, p in samples]))
-        offsets = np.cumsum([0] + [len(p) for *_, p in samples])
-        clip = []
-        for (t, draw, energy, active, _), a, b in zip(samples, offsets, offsets[1:]):
-            scores = np.full(len(active), np.nan, np.float32)
-            scores[active] = raw[a:b]
-            clip.append((t, draw, energy, scores))
-        clips.append(clip)
-    return clips
+        if len(pending) >= CHUNK_SAMPLES:
+            yield from scored()
+    if pending:
+        yield from scored()
 
 
 def proxy_scores_with(card, clips: list, draws: int) -> list[list[dict[int, dict[int, float]]]]:
@@ -172,16 +195,16 @@ def roc_summary(scores: list[float], labels: list[int]) -> dict:
 
 
 def speed_proxy(
-    model: PatchModel, folders: list[os.PathLike], speedup: int = 2, box: int = 48, seed: int = 0, draws: int = 1
+    model: PatchModel, segments: Iterable, speedup: int = 2, box: int = 48, seed: int = 0, draws: int = 1
 ) -> dict:
-    """Frame-level EER and AUC of normal vs locally sped-up frames of the given clips, frame by frame.
+    """Frame-level EER and AUC of normal vs locally sped-up frames of the given segments, frame by frame.
 
     With `draws` > 1 each frame is sped up `draws` times, around people drawn with
     seeds seed, seed + 1, ...: more anomalous frames, a less noisy figure (the
     normal frames are the same in every draw and count once).
     EER and AUC are None when the clips hold nobody moving to speed up.
     """
-    scores, labels = proxy_pairs(_proxy_draws(model, folders, speedup, box, list(range(seed, seed + draws))))
+    scores, labels = proxy_pairs(_proxy_draws(model, segments, speedup, box, list(range(seed, seed + draws))))
     return {"speedup": speedup, "draws": draws, **roc_summary(scores, labels)}
 
 

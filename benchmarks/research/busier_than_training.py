@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
+from streamer.footage import open_footage
 from streamer.model import PatchModel
+from streamer.ped2 import resolve_root
 from streamer.scoring import passes_gate
-from training import data as training_data
+from training.sampling import motion_energies
 from training.validation import interleaved_folds
 
 
@@ -32,25 +32,17 @@ def main() -> None:
     args = parser.parse_args()
 
     card = PatchModel(args.model, device="cpu", threads=1).card
-    folders = training_data.ped2_training_folders(args.data)
-    clips = training_data.read_clips(folders, card.patch)
-    moving = passes_gate(clips.energy, card.gate).reshape(clips.frames, clips.positions).sum(axis=1)
-    clip_of_frame = clips.clip_of_frame
+    energies = motion_energies(open_footage([resolve_root(args.data)]), card.patch)
+    moving = {name: passes_gate(energy, card.gate).sum(axis=1) for name, energy in energies.items()}
     print(f"gate-passing patches per frame (gate {card.gate and card.gate['motion_threshold']}), mean / max per clip:")
-    print(
-        ", ".join(
-            f"{n} {moving[clip_of_frame == i].mean():.0f}/{moving[clip_of_frame == i].max()}"
-            for i, n in enumerate(clips.clips)
-        )
-    )
-    names = [name for name, _ in folders]
+    print(", ".join(f"{n} {m.mean():.0f}/{m.max()}" for n, m in moving.items()))
     above, total = 0, 0
-    for fold in interleaved_folds(names, args.folds):
-        held = np.isin(clip_of_frame, [names.index(n) for n in fold])
-        limit = moving[~held].max()
-        busier = int((moving[held] > limit).sum())
-        above, total = above + busier, total + int(held.sum())
-        print(f"fold {'+'.join(fold)}: busiest other frame {limit}, {busier} of {held.sum()} frames above")
+    for fold in interleaved_folds(list(moving), args.folds):
+        limit = max(m.max() for n, m in moving.items() if n not in fold)
+        busier = sum(int((moving[n] > limit).sum()) for n in fold)
+        held = sum(len(moving[n]) for n in fold)
+        above, total = above + busier, total + held
+        print(f"fold {'+'.join(fold)}: busiest other frame {limit}, {busier} of {held} frames above")
     print(f"all folds: {above} of {total} unseen normal frames ({above / total:.2%}) busier than every frame fitted")
 
 

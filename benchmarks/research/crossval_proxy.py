@@ -47,11 +47,13 @@ from pathlib import Path
 import numpy as np
 
 from streamer import config as config_io
+from streamer.footage import open_footage
 from streamer.model import PatchModel
+from streamer.ped2 import resolve_root
 from streamer.scoring import smooth_series
-from training import data as training_data
+from training.calibration import calibrate, collect
 from training.config import TrainConfig
-from training.export import calibrate
+from training.sampling import motion_energies
 from training.train import build_spec, train_model
 from training.validation import (
     block_pairs,
@@ -63,13 +65,13 @@ from training.validation import (
 )
 
 
-def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
-    """The card re-fitted on the fitting clips for one variant, once per threshold quantile."""
+def variant_cards(card, fitting, variant, threshold_quantiles, export):
+    """The card re-fitted on the fitting clips' CalibrationSample for one variant, once per threshold quantile."""
     mode, top_k, gate, bands, window = variant
     settings = replace(card.scoring, aggregation="max" if top_k == 1 else "topk", top_k=top_k, window=window)
     cards = []
     for quantile in threshold_quantiles:
-        result = calibrate(raw, fitting, settings, mode, export.calibration_quantile, quantile, gate, bands)
+        result = calibrate(fitting, settings, mode, export.calibration_quantile, quantile, gate, bands)
         scoring = replace(settings, threshold=result.threshold)
         cards.append(
             replace(
@@ -79,30 +81,32 @@ def variant_cards(card, raw, fitting, variant, threshold_quantiles, export):
     return cards
 
 
+def training_clips(cfg: TrainConfig) -> dict:
+    """The Ped2 training clips by name."""
+    return {clip.name: clip for clip in open_footage([resolve_root(cfg.data.root)])}
+
+
 def crowd_order(cfg: TrainConfig) -> list[str]:
     """Training clips, most moving patches per frame first (motion energy >= the config's data.motion_threshold)."""
-    folders = training_data.ped2_training_folders(cfg.data.root)
-    clips = training_data.read_clips(folders, build_spec(cfg, folders[0][1]), progress=False)
-    moving = (clips.energy >= cfg.data.motion_threshold).reshape(clips.frames, clips.positions).sum(axis=1)
-    clip_of_frame = clips.clip_of_frame
-    per_clip = {name: moving[clip_of_frame == i].mean() for i, name in enumerate(clips.clips)}
+    clips = list(training_clips(cfg).values())
+    energies = motion_energies(clips, build_spec(cfg, clips[0]))
+    per_clip = {name: (energy >= cfg.data.motion_threshold).sum(axis=1).mean() for name, energy in energies.items()}
     print("moving patches per frame: " + ", ".join(f"{n} {m:.0f}" for n, m in sorted(per_clip.items())), flush=True)
     return sorted(per_clip, key=lambda name: -per_clip[name])
 
 
 def fold_scores(model: PatchModel, cfg: TrainConfig, fold: list[str], speedup: int, draws: int, zoom: float = 1.0):
-    """The fold model's raw patch scores (frames, positions) on its fitting clips, and its proxy samples.
+    """The fold model's raw patch scores on its fitting clips (every frame), and its proxy samples.
 
     Fitting clips: every training clip outside the fold. Proxy samples: the
     fold's own clips as they are and with one person sped up, every patch scored.
     """
-    folders = dict(training_data.ped2_training_folders(cfg.data.root))
-    fitting = training_data.read_clips(
-        [(n, p) for n, p in folders.items() if n not in fold], model.card.patch, progress=False
-    )
-    raw = model.raw_scores(fitting.patches).reshape(fitting.frames, fitting.positions)
-    samples = proxy_samples(model, [folders[n] for n in fold], speedup, 48, list(range(draws)), gate=False, zoom=zoom)
-    return fitting, raw, samples
+    clips = training_clips(cfg)
+    card = model.card
+    fitting = collect([c for n, c in clips.items() if n not in fold], card.patch, model.raw_scores, card.scoring, None)
+    folders = [clips[n].where for n in fold]
+    samples = [list(s) for s in proxy_samples(model, folders, speedup, 48, list(range(draws)), gate=False, zoom=zoom)]
+    return fitting, samples
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,10 @@ def run_fold(cfg: TrainConfig, fold: list[str], out: Path, plan: Plan) -> dict:
     if not (plan.reuse and Path(cfg.out).with_suffix(".onnx").is_file()):
         train_model(cfg, progress=False)
     model = PatchModel(Path(cfg.out).with_suffix(".onnx"), device="cpu", threads=1)
-    fitting, raw, samples = fold_scores(model, cfg, fold, plan.speedup, plan.draws, plan.zoom)
+    fitting, samples = fold_scores(model, cfg, fold, plan.speedup, plan.draws, plan.zoom)
     results = {}
     for variant in plan.variants:
-        cards = variant_cards(model.card, raw, fitting, variant, plan.threshold_quantiles, cfg.export)
+        cards = variant_cards(model.card, fitting, variant, plan.threshold_quantiles, cfg.export)
         card = cards[0]  # the threshold changes alarms only, not the EER
         per_draw = proxy_scores_with(card, samples, plan.draws)
         alarms = {}  # clip -> (frames passing each quantile's threshold, frames)
@@ -193,7 +197,7 @@ def main() -> None:
         size = -(-len(names) // args.folds)
         folds = [names[i * size : (i + 1) * size] for i in range(args.folds)]
     else:
-        names = [name for name, _ in training_data.ped2_training_folders(cfg.data.root)]
+        names = list(training_clips(cfg))
         folds = interleaved_folds(names, args.folds)
     gates = [None if g == "none" else float(g) for g in args.gates] if args.gates else [cfg.export.gate_max_hidden]
     count_bands = args.count_bands if args.count_bands is not None else [cfg.export.count_bands]

@@ -24,12 +24,12 @@ import numpy as np
 
 from streamer import config, ped2
 from streamer.evaluation import evaluate_ped2
+from streamer.footage import open_footage
 from training.config import TrainConfig
 from training.select import (
     cluster_choice,
     frame_descriptors,
     load_encoder,
-    open_clips,
     random_choice,
     write_selection,
 )
@@ -51,7 +51,7 @@ def main() -> None:
 
     base = config.load(args.config, TrainConfig, {"threads": args.threads, "data": {"root": args.data}})
     fitting = [c.path for c in ped2.training_clips(base.data.root) if c.name not in base.data.validation_clips]
-    clips = open_clips(fitting)
+    clips = open_footage(fitting)
     session, card = load_encoder(args.model, "cpu", args.threads)
     descriptors, refs = frame_descriptors(clips, session, card, progress=False)
 
