@@ -237,8 +237,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     from .pipeline import checks, telemetry
     from .pipeline import config as pipeline_config
-    from .pipeline.runtime import stop_on_signals
+    from .pipeline.runtime import stop_on_signals, tune_allocator
 
+    tune_allocator()
     cfg = pipeline_config.load(args.config)
     if args.name in ("capture", "patcher"):
         if not args.camera:

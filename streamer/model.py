@@ -206,6 +206,9 @@ def create_session(path: Path, device: str = "auto", threads: int = 0):
     options.log_severity_level = 3  # our own log line below says which provider runs
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Memory patterns are planned per input shape; with a batch size that changes from call to call they
+    # fragment the memory arena, which then keeps growing for minutes (docs/benchmarks.md, "Scorer memory").
+    options.enable_mem_pattern = False
     providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -222,7 +225,13 @@ def create_session(path: Path, device: str = "auto", threads: int = 0):
 
 
 class PatchModel:
-    """Raw patch scores from an exported model; batches big inputs to bound memory."""
+    """Raw patch scores from an exported model; batches big inputs to bound memory.
+
+    Every batch is converted into one reused input buffer of `batch_size` patches, so
+    scoring allocates no input arrays; `warm_up` scores a full batch once, so the
+    runtime's memory arena takes the size of the largest batch up front rather than
+    growing towards it as larger batches turn up.
+    """
 
     def __init__(
         self,
@@ -251,18 +260,33 @@ class PatchModel:
         expected = [spec.channels, spec.size, spec.size]
         if list(inputs[0].shape[1:]) != expected:
             raise ModelError(f"model input shape {inputs[0].shape} does not fit the card's patches [N, {expected}]")
+        self._shape = tuple(expected)
+        self._input = np.empty((0, *self._shape), dtype=np.float32)
         log.info("loaded %s (%s) on %s", self.path.name, self.card.method, self.provider)
 
     def raw_scores(self, patches: np.ndarray) -> np.ndarray:
         """(N,) float32 raw scores of (N, C, S, S) uint8 patches."""
-        return session_scores(self.session, patches, self.batch_size)
+        if len(self._input) < self.batch_size:  # first use, or a larger batch_size set since
+            self._input = np.empty((self.batch_size, *self._shape), dtype=np.float32)
+        return session_scores(self.session, patches, self.batch_size, self._input)
+
+    def warm_up(self) -> None:
+        """Score one full batch (of zeros), so the memory a full batch needs is taken now."""
+        self.raw_scores(np.zeros((self.batch_size, *self._shape), dtype=np.uint8))
 
 
-def session_scores(session, patches: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Run a scoring graph over uint8 patches in batches; (N,) float32."""
+def session_scores(
+    session, patches: np.ndarray, batch_size: int = 4096, buffer: np.ndarray | None = None
+) -> np.ndarray:
+    """Run a scoring graph over uint8 patches in batches; (N,) float32.
+
+    `buffer`: float32, room for `batch_size` patches; the model input is converted into it (reused from call
+    to call) rather than into a new array per batch.
+    """
     name = session.get_inputs()[0].name
     out = np.empty(len(patches), dtype=np.float32)
     for start in range(0, len(patches), batch_size):
-        batch = to_model_input(patches[start : start + batch_size])
-        out[start : start + len(batch)] = session.run(None, {name: batch})[0].reshape(-1)
+        chunk = patches[start : start + batch_size]
+        batch = to_model_input(chunk, None if buffer is None else buffer[: len(chunk)])
+        out[start : start + len(chunk)] = session.run(None, {name: batch})[0].reshape(-1)
     return out

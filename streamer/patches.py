@@ -290,16 +290,17 @@ def context_patches(planes: np.ndarray, spec: PatchSpec) -> np.ndarray:
 def extract_patches(planes: np.ndarray, size: int, stride: int) -> np.ndarray:
     """(N, C, size, size) uint8 patches of (C, H, W) planes on the `patch_boxes` grid, no per-patch loop."""
     c, h, w = planes.shape
-    windows = sliding_window_view(planes, (size, size), axis=(1, 2))  # (C, H-s+1, W-s+1, s, s)
+    windows = sliding_window_view(planes, (size, size), axis=(1, 2)).transpose(1, 2, 0, 3, 4)  # (H-s+1, W-s+1, C, s, s)
     ys = grid_origins(h, size, stride)
     xs = grid_origins(w, size, stride)
-    picked = windows[:, ys][:, :, xs]  # (C, rows, cols, s, s)
-    return np.ascontiguousarray(picked.transpose(1, 2, 0, 3, 4).reshape(-1, c, size, size))
+    # One gather straight into patch order (rows, cols, C, s, s): indexing rows and columns one after the
+    # other would first copy every window of the picked rows, about 15 times the patches' size.
+    return windows[ys[:, None], xs[None, :]].reshape(-1, c, size, size)
 
 
-def to_model_input(patches: np.ndarray) -> np.ndarray:
-    """uint8 patches -> float32 in [0, 1], the input every exported model takes."""
-    return patches.astype(np.float32) * np.float32(1.0 / 255.0)
+def to_model_input(patches: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 patches -> float32 in [0, 1], the input every exported model takes; into `out` if given."""
+    return np.multiply(patches, np.float32(1.0 / 255.0), out=out, dtype=np.float32)
 
 
 def motion_energy(patches: np.ndarray, spec: PatchSpec) -> np.ndarray:

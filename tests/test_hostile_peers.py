@@ -95,6 +95,8 @@ def attack(run_dir, tiny_model, stage):
         args = ("stage", stage, "--config", str(config)) + (("--camera", "cam1") if stage == "patcher" else ())
         with running(*args, log=run_dir / "log") as (process, _):
             wait_for(lambda: try_scrape(port), 30, f"the {stage}'s metrics endpoint")
+            if stage == "scorer":  # its metrics serve while it loads and warms up the model: measure a ready stage
+                wait_for(lambda: sample(scrape(port), "vad_model_info", method=card.method), 30, "the scorer's model")
             before = rss_bytes(process.pid)
             for parts in variants.values():
                 upstream.send_multipart(parts)

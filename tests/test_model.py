@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from streamer.model import ModelCard, ModelError, PatchModel, card_path_for
+from streamer.model import ModelCard, ModelError, PatchModel, card_path_for, session_scores
 
 
 def copy_model(src, dst_dir):
@@ -23,6 +23,18 @@ def test_loads_and_scores(tiny_model):
     assert scores.shape == (10,) and np.all(np.isfinite(scores)) and np.all(scores >= 0)
     model.batch_size = 3  # batching does not change results
     assert np.allclose(model.raw_scores(patches), scores, atol=1e-7)
+
+
+def test_reused_input_buffer_gives_the_plain_scores(tiny_model):
+    """Batches converted into one reused buffer score exactly as freshly converted ones, before and after warm_up."""
+    model = PatchModel(tiny_model, device="cpu", batch_size=8)
+    spec = model.card.patch
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 256, (n, spec.channels, 30, 30), dtype=np.uint8) for n in (8, 3, 20, 1, 0)]
+    plain = [session_scores(model.session, b, 8) for b in batches]
+    assert [model.raw_scores(b).tolist() for b in batches] == [p.tolist() for p in plain]
+    model.warm_up()
+    assert [model.raw_scores(b).tolist() for b in batches] == [p.tolist() for p in plain]
 
 
 def test_auto_device_falls_back_to_cpu(tiny_model):

@@ -41,7 +41,7 @@ def test_patches_match_their_boxes():
     planes = rng.integers(0, 256, (2, 70, 95), dtype=np.uint8)
     patches = extract_patches(planes, 30, 15)
     boxes = patch_boxes(70, 95, 30, 15)
-    assert patches.shape == (len(boxes), 2, 30, 30) and patches.dtype == np.uint8
+    assert patches.shape == (len(boxes), 2, 30, 30) and patches.dtype == np.uint8 and patches.flags.c_contiguous
     for patch, (x, y, w, h) in zip(patches, boxes):
         assert np.array_equal(patch, planes[:, y : y + h, x : x + w])
 

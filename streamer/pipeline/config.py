@@ -101,8 +101,9 @@ class ScorerConfig:
     device: Literal["auto", "cuda", "cpu"] = "auto"
     threads: int = 1  # onnxruntime intra-op threads per scorer process
     batch_frames: int = 16  # most queued frames scored together
-    # Patches per model call. A fixed cap keeps the scorer's memory flat: ever-changing large
-    # batches make ONNX Runtime's buffers (and the heap) grow to the largest one seen.
+    # Patches per model call. A fixed cap bounds the scorer's memory: it takes what a full call needs at
+    # start (PatchModel.warm_up) instead of growing towards the largest call seen. On CPU, larger calls
+    # are no faster per patch (docs/benchmarks.md).
     max_batch_patches: int = 256
 
     def __post_init__(self):

@@ -8,9 +8,11 @@ with `vad run` stopping stages upstream first, nothing in flight is lost.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,6 +32,33 @@ SEND_RETRY_MS = 100  # a blocked send wakes this often to check for a stop reque
 
 
 SUPERVISOR_PID_ENV = "VAD_SUPERVISOR_PID"
+
+
+# glibc mallopt parameters, and the values a stage process sets (see tune_allocator).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# Above a 1080p RGB frame (6.2 MB), so a frame's buffers stay in the heap; larger blocks (a peer's message
+# near the 16 MiB limit) are still mapped by themselves and unmapped when freed. The heap keeps at most
+# twice that of free top (as glibc sets it when it adapts): a burst of hostile messages must not leave the
+# stage holding 64 MiB it no longer uses (tests/test_hostile_peers.py).
+MMAP_THRESHOLD_BYTES = 8 << 20
+TRIM_THRESHOLD_BYTES = 16 << 20
+
+
+def tune_allocator() -> bool:
+    """Let glibc reuse freed buffers of up to 8 MiB rather than unmap them; False where there is no glibc.
+
+    Every frame allocates and frees buffers of a few hundred KB (OpenCV's optical flow alone several), above
+    glibc's initial 128 KiB mmap threshold: each is then mapped and unmapped again, and its pages fault in
+    zeroed on every frame. glibc raises the threshold itself only once a larger block is freed, which may
+    never happen. Setting it (and the trim threshold with it) at start keeps those buffers in the heap;
+    without it, Farneback flow on Ped2 frames took 1.34x the CPU time (docs/benchmarks.md, "The cuts").
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
 
 
 def stop_on_signals() -> threading.Event:

@@ -53,6 +53,7 @@ def run(cfg: PipelineConfig, index: int, stop: threading.Event) -> int:
     model = PatchModel(
         cfg.model, device=cfg.scorer.device, threads=cfg.scorer.threads, batch_size=cfg.scorer.max_batch_patches
     )
+    model.warm_up()  # memory for the largest model call now: RSS stays flat from the first frame
     card = model.card
     settings = scoring_settings(cfg, card)
     cameras = {camera.id for camera in cfg.cameras}
