@@ -143,18 +143,30 @@ def export_encoder(
     }
 
 
-def halve_weights(path: Path, session, patches: np.ndarray, quantile: float, tolerance: float, threads: int = 0):
+def halve_weights(
+    path: Path,
+    session,
+    patches: np.ndarray,
+    quantile: float,
+    tolerance: float,
+    threads: int = 0,
+    prefix: str = "",
+    spread: float | None = None,
+):
     """Store the graph's weights as float16 and check its scores on real patches against the float32 graph's.
 
     The bound is `tolerance` of the spread of normal scores (median to the calibration quantile, the
     scale calibration divides by), so in calibrated units, whatever the method's raw scale; thresholds
-    are about 2 of those units. Returns the float16 graph's session and the card's parity entry.
+    are about 2 of those units. `spread`: that scale where a card already has it, else measured on
+    `patches`; `prefix`: as `store_weights_as_float16`. Returns the float16 graph's session and the
+    card's parity entry.
     """
     full = session_scores(session, patches)
-    stored = store_weights_as_float16(path)
+    stored = store_weights_as_float16(path, prefix)
     session, _ = create_session(path, device="cpu", threads=threads)
     diff = float(np.max(np.abs(session_scores(session, patches) - full)))
-    spread = float(np.quantile(full, quantile) - np.median(full))
+    if spread is None:
+        spread = float(np.quantile(full, quantile) - np.median(full))
     log.info(
         "float16 weights (%d tensors): max abs score diff %.3g, %.2g of the score spread", stored, diff, diff / spread
     )

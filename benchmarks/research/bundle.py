@@ -23,10 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamer.model import ModelCard, card_path_for, create_session, session_scores, sha256_of
+from streamer.model import ModelCard, card_path_for, create_session, sha256_of
 from streamer.patches import PatchExtractor
 from streamer.sources import list_image_files
-from training.export import FLOAT16_MIN_ELEMENTS, store_weights_as_float16
+from training.export import FLOAT16_MIN_ELEMENTS, ExportError, halve_weights, store_weights_as_float16
 
 MODELS = Path(__file__).resolve().parents[2] / "streamer" / "models"
 
@@ -40,25 +40,6 @@ def training_patches(card: ModelCard, data: Path, frames: int) -> np.ndarray:
         for path in list_image_files(clip)[:frames]:
             patches.append(extractor.push(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)))
     return np.concatenate(patches)
-
-
-def halve(path: Path, card: ModelCard, patches: np.ndarray, tolerance: float, prefix: str) -> dict:
-    full = session_scores(create_session(path, device="cpu")[0], patches)
-    tensors = store_weights_as_float16(path, prefix)
-    diff = float(np.max(np.abs(session_scores(create_session(path, device="cpu")[0], patches) - full)))
-    scale = float(card.calibration.scale.min())  # "position" calibration: the tightest position
-    if not diff <= tolerance * scale:
-        raise SystemExit(f"float16 weights move scores by {diff:.3g}, over {tolerance:g} of the calibration scale")
-    return {
-        "tensors": tensors,
-        "patches": len(patches),
-        "max_abs_diff": diff,
-        "score_spread": scale,
-        "max_calibrated_diff": diff / scale,
-        "tolerance": tolerance,
-        "min_elements": FLOAT16_MIN_ELEMENTS,
-        "prefix": prefix,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(args.model, target)
     patches = training_patches(card, args.data, args.frames) if args.float16 else None
     if args.float16:
-        card_data["parity"]["float16"] = halve(target, card, patches, args.tolerance, args.float16_prefix)
+        scale = float(card.calibration.scale.min())  # "position" calibration: the tightest position
+        session = create_session(target, device="cpu")[0]
+        try:
+            _, check = halve_weights(
+                target,
+                session,
+                patches,
+                card.calibration.quantile,
+                args.tolerance,
+                prefix=args.float16_prefix,
+                spread=scale,
+            )
+        except ExportError as e:
+            raise SystemExit(str(e)) from None
+        card_data["parity"]["float16"] = {**check, "min_elements": FLOAT16_MIN_ELEMENTS, "prefix": args.float16_prefix}
     card_data["onnx_sha256"] = sha256_of(target)
     if card_data.get("encoder"):
         encoder = target.with_suffix(".encoder.onnx")
